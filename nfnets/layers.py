@@ -1,0 +1,220 @@
+"""Building blocks shared by the NF model families.
+
+Parameters are always created in float32; a layer computes in its input's dtype, so feeding
+bfloat16 activations gives mixed precision with float32 master weights (weight standardization
+itself runs in float32 before the cast).
+"""
+
+from collections.abc import Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+GROUPED_CONV_IMPLS = ('native', 'split')
+
+# Per-process override of the grouped-conv strategy (None: choose per backend).
+_grouped_conv_override: str | None = None
+
+
+def set_grouped_conv_impl(impl: str | None) -> None:
+    """Forces the grouped-conv strategy for every WSConv2D built after this call.
+
+    ``None`` restores the per-backend default (see :func:`default_grouped_conv_impl`).
+    """
+    global _grouped_conv_override
+    if impl is not None and impl not in GROUPED_CONV_IMPLS:
+        raise ValueError(f'Unknown grouped conv impl {impl!r}; accepted: {GROUPED_CONV_IMPLS}.')
+    _grouped_conv_override = impl
+
+
+def default_grouped_conv_impl() -> str:
+    """The grouped-conv strategy for the current default backend.
+
+    XLA:CPU runs ``feature_group_count`` convolutions 4-33x slower than the same work as one
+    dense convolution per group (measured in shared/REFERENCE.md), so CPU gets ``'split'``; GPU
+    and TPU have fast native grouped kernels.
+    """
+    if _grouped_conv_override is not None:
+        return _grouped_conv_override
+    return 'split' if jax.default_backend() == 'cpu' else 'native'
+
+
+def grouped_conv(x: jax.Array, w: jax.Array, stride: Sequence[int], padding: str,
+                 groups: int, impl: str) -> jax.Array:
+    """NHWC x HWIO convolution with ``groups`` groups, by either strategy (same numbers)."""
+    dn = ('NHWC', 'HWIO', 'NHWC')
+    if groups == 1 or impl == 'native':
+        return jax.lax.conv_general_dilated(
+            x, w, window_strides=tuple(stride), padding=padding, dimension_numbers=dn,
+            feature_group_count=groups)
+    if impl != 'split':
+        raise ValueError(f'Unknown grouped conv impl {impl!r}; accepted: {GROUPED_CONV_IMPLS}.')
+    in_per_group = w.shape[2]
+    out_per_group = w.shape[3] // groups
+    outs = []
+    for g in range(groups):
+        xg = jax.lax.slice_in_dim(x, g * in_per_group, (g + 1) * in_per_group, axis=3)
+        wg = jax.lax.slice_in_dim(w, g * out_per_group, (g + 1) * out_per_group, axis=3)
+        outs.append(jax.lax.conv_general_dilated(
+            xg, wg, window_strides=tuple(stride), padding=padding, dimension_numbers=dn))
+    return jnp.concatenate(outs, axis=3)
+
+
+def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.Array:
+    """Scaled weight standardization (NF-ResNet paper, eq. 5), fused as in the official code.
+
+    ``w_hat = (w - mean) * rsqrt(max(var * fan_in, eps)) * gain`` with mean and variance per
+    output unit over all but the last axis, so each unit has zero mean and variance
+    ``gain^2 / fan_in``: a unit-variance input gives a unit-variance output.
+    """
+    axes = tuple(range(w.ndim - 1))
+    fan_in = int(np.prod(w.shape[:-1]))
+    mean = jnp.mean(w, axis=axes, keepdims=True)
+    var = jnp.var(w, axis=axes, keepdims=True)
+    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
+    return w * scale - mean * scale
+
+
+class WSConv2D(hk.Module):
+    """2D convolution with scaled weight standardization, a learnable gain and a bias.
+
+    Weights are HWIO (``[kh, kw, in/groups, out]``), padding is SAME, NHWC in and out.
+    Parameters ``w``, ``gain`` and ``bias`` match the official checkpoints.
+    """
+
+    def __init__(self, output_channels: int, kernel_shape: int | Sequence[int] = 1,
+                 stride: int | Sequence[int] = 1, feature_group_count: int = 1,
+                 padding: str = 'SAME', eps: float = 1e-4,
+                 grouped_conv_impl: str | None = None, name: str | None = None):
+        super().__init__(name=name)
+        if isinstance(kernel_shape, int):
+            kernel_shape = (kernel_shape, kernel_shape)
+        if isinstance(stride, int):
+            stride = (stride, stride)
+        if output_channels % feature_group_count:
+            raise ValueError(f'output_channels={output_channels} is not divisible by '
+                             f'feature_group_count={feature_group_count}.')
+        if grouped_conv_impl is not None and grouped_conv_impl not in GROUPED_CONV_IMPLS:
+            raise ValueError(f'Unknown grouped conv impl {grouped_conv_impl!r}; '
+                             f'accepted: {GROUPED_CONV_IMPLS}.')
+        self.output_channels = output_channels
+        self.kernel_shape = tuple(kernel_shape)
+        self.stride = tuple(stride)
+        self.feature_group_count = feature_group_count
+        self.padding = padding
+        self.eps = eps
+        self.grouped_conv_impl = grouped_conv_impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the convolution to ``x`` of shape ``[N, H, W, C]``."""
+        in_ch = x.shape[-1]
+        if in_ch % self.feature_group_count:
+            raise ValueError(f'{self.module_name}: input channels {in_ch} not divisible by '
+                             f'feature_group_count={self.feature_group_count}.')
+        w_shape = self.kernel_shape + (in_ch // self.feature_group_count, self.output_channels)
+        # Fan-in init; WS makes the result largely insensitive to this choice.
+        w_init = hk.initializers.VarianceScaling(1.0, 'fan_in', 'normal')
+        w = hk.get_parameter('w', w_shape, jnp.float32, init=w_init)
+        gain = hk.get_parameter('gain', (self.output_channels,), jnp.float32, init=jnp.ones)
+        bias = hk.get_parameter('bias', (self.output_channels,), jnp.float32, init=jnp.zeros)
+        weight = standardize_weight(w, gain, self.eps).astype(x.dtype)
+        impl = self.grouped_conv_impl or default_grouped_conv_impl()
+        out = grouped_conv(x, weight, self.stride, self.padding, self.feature_group_count, impl)
+        return out + bias.astype(x.dtype)
+
+    def count_macs(self, in_ch: int, h: float, w: float) -> float:
+        """Multiply-adds at input size ``h x w``, counted as the official ``count_conv_flops``."""
+        return (self.output_channels * h * w * np.prod(self.kernel_shape) * in_ch
+                / self.feature_group_count / np.prod(self.stride))
+
+
+class Linear(hk.Module):
+    """Dense layer ``x @ w + b`` with float32 parameters, computing in the input dtype.
+
+    Same parameter names and layout (``w``: ``[in, out]``, ``b``) as ``hk.Linear``, which would
+    create bfloat16 parameters when fed bfloat16 inputs.
+    """
+
+    def __init__(self, output_size: int, w_init: hk.initializers.Initializer | None = None,
+                 with_bias: bool = True, name: str | None = None):
+        super().__init__(name=name)
+        self.output_size = output_size
+        self.w_init = w_init
+        self.with_bias = with_bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_size = x.shape[-1]
+        w_init = self.w_init or hk.initializers.TruncatedNormal(1.0 / np.sqrt(in_size))
+        w = hk.get_parameter('w', (in_size, self.output_size), jnp.float32, init=w_init)
+        out = jnp.dot(x, w.astype(x.dtype))
+        if self.with_bias:
+            b = hk.get_parameter('b', (self.output_size,), jnp.float32, init=jnp.zeros)
+            out = out + b.astype(x.dtype)
+        return out
+
+
+class SqueezeExcite(hk.Module):
+    """Squeeze-and-excite gate: ``sigmoid(fc1(relu(fc0(mean_hw(x)))))`` of shape [N,1,1,C]."""
+
+    def __init__(self, in_ch: int, out_ch: int, se_ratio: float | None = 0.5,
+                 hidden_ch: int | None = None, name: str | None = None):
+        super().__init__(name=name)
+        if se_ratio is None:
+            if hidden_ch is None:
+                raise ValueError('SqueezeExcite needs one of se_ratio or hidden_ch.')
+            self.hidden_ch = hidden_ch
+        else:
+            self.hidden_ch = max(1, int(in_ch * se_ratio))
+        self.in_ch, self.out_ch = in_ch, out_ch
+        # Built here, not in __call__, so the names are '.../squeeze_excite/~/linear{,_1}'.
+        self.fc0 = Linear(self.hidden_ch)
+        self.fc1 = Linear(self.out_ch)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jnp.mean(x, axis=(1, 2))
+        h = self.fc1(jax.nn.relu(self.fc0(h)))
+        return jax.nn.sigmoid(h)[:, None, None, :]
+
+    def count_macs(self) -> int:
+        return self.in_ch * self.hidden_ch + self.hidden_ch * self.out_ch
+
+
+class StochDepth(hk.Module):
+    """Stochastic depth: drops a residual branch per example with probability ``drop_rate``.
+
+    As in the official NFNets, kept branches are not rescaled by default (``scale_by_keep``).
+    Identity when not training.
+    """
+
+    def __init__(self, drop_rate: float, scale_by_keep: bool = False, name: str | None = None):
+        super().__init__(name=name)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
+        self.drop_rate = drop_rate
+        self.scale_by_keep = scale_by_keep
+
+    def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+        if not is_training or self.drop_rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.drop_rate
+        r = jax.random.uniform(hk.next_rng_key(), (x.shape[0],) + (1,) * (x.ndim - 1),
+                               dtype=jnp.float32)
+        mask = jnp.floor(keep_prob + r).astype(x.dtype)
+        if self.scale_by_keep:
+            x = x / jnp.asarray(keep_prob, x.dtype)
+        return x * mask
+
+
+def signal_metrics(x: jax.Array, index: int) -> dict[str, jax.Array]:
+    """Average squared channel mean and average channel variance of an NHWC activation.
+
+    These are the signal-propagation statistics of the NF-ResNet paper (Figure 1), taken over
+    the batch and spatial axes, per channel, then averaged over channels, in float32.
+    """
+    x = x.astype(jnp.float32)
+    return {
+        f'avg_sq_mean_{index}': jnp.mean(jnp.mean(x, axis=(0, 1, 2)) ** 2),
+        f'avg_var_{index}': jnp.mean(jnp.var(x, axis=(0, 1, 2))),
+    }
