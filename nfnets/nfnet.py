@@ -252,7 +252,10 @@ def _nfnet(num_classes: int, **kwargs) -> NFNet:
 
 def _variant_info(kwargs: dict) -> dict:
     """Recipe facts for a variant: resolutions, RandAugment level and dropout."""
-    params = VARIANTS[kwargs.get('variant', 'F0')]
+    variant = kwargs.get('variant', 'F0')
+    if variant not in VARIANTS:
+        raise ValueError(f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.')
+    params = VARIANTS[variant]
     drop_rate = kwargs.get('drop_rate')
     return dict(train_imsize=params['train_imsize'], test_imsize=params['test_imsize'],
                 RA_level=params['RA_level'],

@@ -1,0 +1,137 @@
+"""WSConv2D, grouped-conv strategies, squeeze-excite and stochastic depth."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nfnets import layers
+
+
+def _conv_fn(impl, groups=4, out_ch=32, stride=1):
+    def fn(x):
+        return layers.WSConv2D(out_ch, kernel_shape=3, stride=stride, feature_group_count=groups,
+                               grouped_conv_impl=impl, name='conv')(x)
+    return hk.without_apply_rng(hk.transform(fn))
+
+
+def test_standardized_weight_moments():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(0.3, 2.0, size=(3, 3, 16, 8)), jnp.float32)
+    gain = jnp.asarray(rng.uniform(0.5, 2.0, size=(8,)), jnp.float32)
+    w_hat = np.asarray(layers.standardize_weight(w, gain))
+    fan_in = 3 * 3 * 16
+    np.testing.assert_allclose(w_hat.mean(axis=(0, 1, 2)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(w_hat.var(axis=(0, 1, 2)), np.asarray(gain) ** 2 / fan_in,
+                               rtol=1e-4)
+
+
+def test_standardize_weight_eps_floor():
+    # A constant unit has zero variance: the eps floor keeps it finite and zero after centring.
+    w = jnp.ones((1, 1, 4, 2))
+    w_hat = layers.standardize_weight(w, jnp.ones((2,)))
+    assert np.all(np.isfinite(w_hat)) and np.allclose(w_hat, 0.0)
+
+
+def test_wsconv_matches_numpy_convolution():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 5, 3)).astype(np.float32)
+    f = hk.without_apply_rng(hk.transform(
+        lambda x: layers.WSConv2D(4, kernel_shape=3, name='conv')(x)))
+    params = f.init(jax.random.PRNGKey(0), x)
+    params = {'conv': {**params['conv'], 'bias': jnp.arange(4.0),
+                       'gain': jnp.asarray([1.0, 2.0, 0.5, 1.5])}}
+    out = np.asarray(f.apply(params, x))
+    w = np.asarray(params['conv']['w'], np.float64)
+    w_hat = (w - w.mean((0, 1, 2))) / np.sqrt(w.var((0, 1, 2)) * 27) * [1.0, 2.0, 0.5, 1.5]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    expected = np.zeros((2, 5, 5, 4))
+    for i in range(5):
+        for j in range(5):
+            expected[:, i, j] = np.einsum('nhwc,hwco->no', xp[:, i:i + 3, j:j + 3], w_hat)
+    expected += np.arange(4.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_grouped_conv_strategies_agree(stride):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 16))
+    native, split = _conv_fn('native', stride=stride), _conv_fn('split', stride=stride)
+    params = native.init(jax.random.PRNGKey(1), x)
+    assert params['conv']['w'].shape == (3, 3, 4, 32)
+    np.testing.assert_allclose(native.apply(params, x), split.apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+
+    def loss(f):
+        return lambda p, x: jnp.sum(jnp.sin(f.apply(p, x)))
+
+    g_native = jax.grad(loss(native), argnums=(0, 1))(params, x)
+    g_split = jax.grad(loss(split), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_native), jax.tree_util.tree_leaves(g_split)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_conv_default_and_override():
+    assert jax.default_backend() == 'cpu'
+    assert layers.default_grouped_conv_impl() == 'split'
+    layers.set_grouped_conv_impl('native')
+    try:
+        assert layers.default_grouped_conv_impl() == 'native'
+    finally:
+        layers.set_grouped_conv_impl(None)
+    assert layers.default_grouped_conv_impl() == 'split'
+    with pytest.raises(ValueError, match='accepted'):
+        layers.set_grouped_conv_impl('winograd')
+    with pytest.raises(ValueError, match='accepted'):
+        hk.transform(lambda: layers.WSConv2D(8, grouped_conv_impl='fast')).init(None)
+
+
+def test_split_strategy_lowers_to_dense_convs():
+    x = jnp.zeros((1, 8, 8, 16))
+    for impl, expected_groups in (('native', {4}), ('split', {1})):
+        f = _conv_fn(impl)
+        params = f.init(jax.random.PRNGKey(0), x)
+        jaxpr = jax.make_jaxpr(f.apply)(params, x)
+        groups = {eqn.params['feature_group_count'] for eqn in jaxpr.jaxpr.eqns
+                  if eqn.primitive.name == 'conv_general_dilated'}
+        assert groups == expected_groups, impl
+
+
+def test_wsconv_bfloat16_keeps_float32_params():
+    f = _conv_fn(None)
+    x = jnp.ones((1, 8, 8, 16), jnp.bfloat16)
+    params = f.init(jax.random.PRNGKey(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    assert f.apply(params, x).dtype == jnp.bfloat16
+
+
+def test_squeeze_excite_gate():
+    f = hk.without_apply_rng(hk.transform(lambda x: layers.SqueezeExcite(8, 8, 0.5)(x)))
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 8))
+    params = f.init(jax.random.PRNGKey(1), x)
+    assert params['squeeze_excite/~/linear']['w'].shape == (8, 4)
+    assert params['squeeze_excite/~/linear_1']['w'].shape == (4, 8)
+    gate = f.apply(params, x)
+    assert gate.shape == (3, 1, 1, 8)
+    p0, p1 = params['squeeze_excite/~/linear'], params['squeeze_excite/~/linear_1']
+    h = np.maximum(np.asarray(x).mean((1, 2)) @ p0['w'] + p0['b'], 0) @ p1['w'] + p1['b']
+    np.testing.assert_allclose(gate[:, 0, 0], 1 / (1 + np.exp(-h)), rtol=1e-5)
+
+
+def test_stochastic_depth_only_when_training():
+    f = hk.transform(lambda x, t: layers.StochDepth(0.3)(x, t))
+    x = jnp.ones((4000, 2, 2, 3))
+    assert np.array_equal(f.apply({}, None, x, False), x)
+    out = np.asarray(f.apply({}, jax.random.PRNGKey(0), x, True))
+    per_example = out.reshape(4000, -1)
+    # Whole examples are dropped (all zeros) or kept unscaled (all ones).
+    assert set(np.unique(per_example.min(1))) <= {0.0, 1.0}
+    assert np.array_equal(per_example.min(1), per_example.max(1))
+    # 4000 Bernoulli(0.3) drops: 3 sigma is 0.022.
+    assert per_example[:, 0].mean() == pytest.approx(0.7, abs=0.022)
+
+
+def test_stochastic_depth_rate_validated():
+    with pytest.raises(ValueError, match='drop_rate'):
+        hk.transform(lambda: layers.StochDepth(1.0)).init(None)
