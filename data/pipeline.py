@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from data import augment as augment_lib
 from data import embedded_mnist, imagenet, preprocess
 
 SPLITS = ('train', 'train_minus_valid', 'valid', 'test')
@@ -260,6 +261,9 @@ def build_input(
 
   if is_training:
     spec = parse_augment(augment)
+    if spec.mixup and spec.cutmix and local_batch % 2:
+      raise ValueError(f'MixUp + CutMix splits the batch in halves: prod(batch_dims) must be '
+                       f'even, got {local_batch}.')
     raw, n_local, _ = _read_shard(source, split, data_dir, process_index, process_count)
     ds = _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed,
                        seed, process_index, start_step)
@@ -276,19 +280,27 @@ def build_input(
   return ds.as_numpy_iterator()
 
 
-def _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed, seed,
-                  process_index, start_step) -> tf.data.Dataset:
-  per_step = local_batch * (2 if spec.mixing else 1)
-  start_position = start_step * per_step
+def train_records(raw: tf.data.Dataset, n_local: int, seed: int, process_index: int,
+                  start_position: int, shuffle_buffer: int) -> tf.data.Dataset:
+  """(stream position, record) from `start_position` on: epoch after epoch of the shard, each
+  shuffled with a seed derived from (seed, epoch, process); skipping costs no decoding."""
   first_epoch, offset = divmod(start_position, n_local)
-  buffer = min(n_local, max(10 * per_step, _MIN_SHUFFLE_BUFFER))
+  buffer = min(n_local, shuffle_buffer)
 
   def epoch(e):
     epoch_seed = (tf.constant(seed, tf.int64) * 1_000_003 + e * 1_009 + process_index)
     ds = raw.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     return ds.enumerate().map(lambda i, x: (e * n_local + i, x))
 
-  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
+  return tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
+
+
+def _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed, seed,
+                  process_index, start_step) -> tf.data.Dataset:
+  per_step = local_batch * (2 if spec.mixing else 1)
+  start_position = start_step * per_step
+  ds = train_records(raw, n_local, seed, process_index, start_position,
+                     max(10 * per_step, _MIN_SHUFFLE_BUFFER))
 
   def example(position, record):
     image, label = record
@@ -298,7 +310,6 @@ def _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed
     image = preprocess.train_image(image, ex_seed, image_size,
                                    area_range=source.train_area_range, flip=source.train_flip)
     if spec.randaugment is not None:
-      from data import augment as augment_lib
       image = augment_lib.randaugment(image, preprocess.fold_in(ex_seed, _RA_TAG),
                                       *spec.randaugment)
     return {'images': preprocess.normalize(image), 'labels': label, 'position': position}
@@ -307,13 +318,12 @@ def _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed
   ds = _count_skipped(ds, start_position)
   ds = ds.batch(per_step, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=True)
   if spec.mixing:
-    from data import augment as augment_lib
 
     def mix(batch):
       mix_seed = preprocess.fold_in(preprocess.fold_in(base_seed, batch['position'][0]),
                                     _MIX_TAG)
-      return augment_lib.mix_batch(batch, mix_seed, mixup=spec.mixup, cutmix=spec.cutmix,
-                                   mixup_alpha=spec.mixup_alpha)
+      return augment_lib.mix_batch(batch, mix_seed, use_mixup=spec.mixup,
+                                   use_cutmix=spec.cutmix, mixup_alpha=spec.mixup_alpha)
 
     ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds
