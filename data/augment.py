@@ -121,7 +121,7 @@ def auto_contrast(image: tf.Tensor) -> tf.Tensor:
     c = tf.cast(c, tf.float32)
     lo, hi = tf.reduce_min(c), tf.reduce_max(c)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.where(hi > lo, tf.clip_by_value((c - lo) * scale, 0.0, 255.0), c)
+    out = tf.where(hi > lo, tf.clip_by_value(c * scale - lo * scale, 0.0, 255.0), c)
     return tf.cast(out, tf.uint8)
   return tf.stack([channel(image[..., i]) for i in range(3)], axis=-1)
 
