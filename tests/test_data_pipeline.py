@@ -109,7 +109,7 @@ def test_mock_imagenet_train_epoch_covers_shards(mock_imagenet, process_count):
 
 def test_mock_imagenet_train_batches(mock_imagenet):
   it = pipeline.build_input('imagenet2012', 'train', is_training=True, batch_dims=[2, 4],
-                            image_size=24, augment='cutmix_mixup_randaugment_215',
+                            image_size=24, augment='cutmix_mixup_randaugment_105',
                             dtype=tf.bfloat16.as_numpy_dtype)
   b = next(it)
   assert set(b) == {'images', 'labels', 'mix_labels', 'ratio'}
