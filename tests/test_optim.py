@@ -164,6 +164,8 @@ def test_classifier_rule_is_configurable_and_clipping_none_disables_agc():
     cfg = optim.default_config()
     assert optim.agc_mask(params, cfg) == {'Other/~/head': {'w': True},
                                            'Other/~/linear_1': {'w': True}}
+    # A top-level linear built inside __call__ has no '~' in its name; still the classifier.
+    assert optim.agc_mask({'M/linear': {'w': np.ones((2, 2))}}, cfg) == {'M/linear': {'w': False}}
     cfg.agc_exclude = (r'/~/head/w$',)
     assert optim.agc_mask(params, cfg)['Other/~/head']['w'] is False
     cfg.clipping = None
