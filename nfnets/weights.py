@@ -217,14 +217,19 @@ class ParamReport:
     def __str__(self) -> str:
         if self.ok:
             return 'all names and shapes match'
+
+        def listed(items: Sequence[str], limit: int = 12) -> str:
+            more = f', ... and {len(items) - limit} more' if len(items) > limit else ''
+            return ', '.join(items[:limit]) + more
+
         lines = []
         if self.missing:
-            lines.append(f'{len(self.missing)} missing: ' + ', '.join(self.missing))
+            lines.append(f'{len(self.missing)} missing: {listed(self.missing)}')
         if self.unexpected:
-            lines.append(f'{len(self.unexpected)} unexpected: ' + ', '.join(self.unexpected))
+            lines.append(f'{len(self.unexpected)} unexpected: {listed(self.unexpected)}')
         if self.mismatched:
-            lines.append(f'{len(self.mismatched)} mis-shaped: ' + ', '.join(
-                f'{n} has {g}, model expects {e}' for n, g, e in self.mismatched))
+            lines.append(f'{len(self.mismatched)} mis-shaped: ' + listed(
+                [f'{n} has {g}, model expects {e}' for n, g, e in self.mismatched]))
         return '; '.join(lines)
 
 
