@@ -12,10 +12,12 @@ unbroken run). Multi-host (TPU pod, GPU cluster): run the same command on every 
 process 0 writes logs and TensorBoard events.
 """
 
+import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -59,19 +61,25 @@ class _StopFlag:
 
 
 class _Writer:
-    """TensorBoard scalars from process 0 only (a no-op elsewhere)."""
+    """TensorBoard scalars and a metrics.jsonl from process 0 only (a no-op elsewhere)."""
 
-    def __init__(self, logdir: str | None):
+    def __init__(self, workdir: str):
         self._writer = None
-        if logdir and jax.process_index() == 0:
+        self._jsonl = None
+        if jax.process_index() == 0:
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(logdir)
+            self._writer = SummaryWriter(os.path.join(workdir, 'tb'))
+            self._jsonl = os.path.join(workdir, 'metrics.jsonl')
 
     def scalars(self, step: int, values: dict, prefix: str) -> None:
-        if self._writer is not None:
-            for key, value in values.items():
-                self._writer.add_scalar(f'{prefix}/{key}', float(value), step)
-            self._writer.flush()
+        if self._writer is None:
+            return
+        for key, value in values.items():
+            self._writer.add_scalar(f'{prefix}/{key}', float(value), step)
+        self._writer.flush()
+        with open(self._jsonl, 'a') as f:
+            f.write(json.dumps({'split': prefix, 'step': step,
+                                **{k: float(v) for k, v in values.items()}}) + '\n')
 
     def close(self) -> None:
         if self._writer is not None:
@@ -86,11 +94,13 @@ def _any_process(flag: bool) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None) -> dict:
+                       stop_at_step: int | None = None,
+                       batches_fn: Callable[[int], Iterator[dict]] | None = None) -> dict:
     """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates at the end.
 
     Returns {'history': [(step, metrics)] at log steps, 'eval': final eval metrics or None,
-    'state': the final host TrainState, 'stopped_early': bool}.
+    'state': the final host TrainState, 'stopped_early': bool}. ``batches_fn(start_step)``
+    replaces the configured input pipeline (tests, custom data).
     """
     setup = experiment.build_setup(config)
     logging.info('Config:\n%s', config)
@@ -111,11 +121,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      optim.describe_param_groups(state.params, config.optimizer))
     else:
         logging.info('Resuming at step %d.', start)
-    writer = _Writer(os.path.join(workdir, 'tb'))
+    writer = _Writer(workdir)
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop)
     try:
-        return _loop(config, setup, state, start, ckpt, writer, stop, stop_at_step)
+        return _loop(config, setup, state, start, ckpt, writer, stop, stop_at_step, batches_fn)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         writer.close()
@@ -123,18 +133,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _loop(config, setup: experiment.Setup, state, start: int, ckpt: checkpointing.Checkpointer,
-          writer: _Writer, stop: _StopFlag, stop_at_step: int | None) -> dict:
+          writer: _Writer, stop: _StopFlag, stop_at_step: int | None, batches_fn) -> dict:
     total = setup.total_steps
     end = total if stop_at_step is None else min(total, stop_at_step)
     p_train = jax.pmap(
         train_lib.make_train_step(setup.model, setup.optimizer, setup.schedule, config),
         axis_name=train_lib.AXIS, donate_argnums=(0,))
     evaluator = experiment.Evaluator(setup.model, config)
-    batches = pipeline.build_input(
-        config.dataset, config.train_split, is_training=True,
-        batch_dims=[jax.local_device_count(), setup.per_device_batch],
-        image_size=setup.train_imsize, data_dir=config.data_dir, augment=config.augment,
-        dtype=data_dtype(config), seed=config.seed, start_step=start)
+    if batches_fn is not None:
+        batches = batches_fn(start)
+    else:
+        batches = pipeline.build_input(
+            config.dataset, config.train_split, is_training=True,
+            batch_dims=[jax.local_device_count(), setup.per_device_batch],
+            image_size=setup.train_imsize, data_dir=config.data_dir, augment=config.augment,
+            dtype=data_dtype(config), seed=config.seed, start_step=start)
     rstate = train_lib.replicate(state)
     history = []
     step = start
@@ -175,7 +188,9 @@ def _loop(config, setup: experiment.Setup, state, start: int, ckpt: checkpointin
             writer.scalars(step, dict(values, images_per_sec=rate), 'train')
             t_last, step_last = now, step
         if save_now or preempted:
-            ckpt.save(train_lib.unreplicate(rstate), step)
+            host_state = train_lib.unreplicate(rstate)
+            _check_finite(host_state, step, ckpt)
+            ckpt.save(host_state, step)
         if preempted:
             logging.warning('Stopped at step %d after a termination signal; rerun the same '
                             'command to resume.', step)
@@ -189,6 +204,20 @@ def _loop(config, setup: experiment.Setup, state, start: int, ckpt: checkpointin
         final_eval = _evaluate(evaluator, rstate, config, setup, step, writer)
     return {'history': history, 'eval': final_eval, 'state': train_lib.unreplicate(rstate),
             'stopped_early': stopped_early or step < total}
+
+
+def _check_finite(host_state, step: int, ckpt: checkpointing.Checkpointer) -> None:
+    """Refuses to checkpoint NaN/Inf parameters (the previous checkpoint stays the newest)."""
+    for name in ('params', 'ema_params'):
+        leaves = jax.tree_util.tree_leaves(getattr(host_state, name))
+        if not all(np.all(np.isfinite(x)) for x in leaves
+                   if np.issubdtype(np.asarray(x).dtype, np.floating)):
+            latest = ckpt.latest_step()
+            raise FloatingPointError(
+                f'{name} hold NaN/Inf after step {step}; stopping without saving. The newest '
+                f'checkpoint ({"none" if latest is None else f"step {latest}"}) in '
+                f'{ckpt.directory} holds the last good state and was left as is. Lower '
+                'config.optimizer.lr_per_256 or enable AGC (config.optimizer.clipping).')
 
 
 def _evaluate(evaluator, rstate, config, setup: experiment.Setup, step: int,
