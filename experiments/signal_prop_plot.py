@@ -23,14 +23,20 @@ from absl import app, flags, logging  # noqa: E402
 
 from nfnets import nf_resnet, signal_prop  # noqa: E402
 
-_VARIANT = flags.DEFINE_enum('variant', 'ResNet50', sorted(nf_resnet.VARIANTS),
-                             'Depth pattern shared by the three networks.')
-_WIDTH = flags.DEFINE_float('width', 1.0, 'Width multiplier (4 is the full ResNet width).')
-_RESOLUTION = flags.DEFINE_integer('resolution', 96, 'Input size in pixels (multiple of 32).')
-_BATCH = flags.DEFINE_integer('batch_size', 16, 'Number of N(0, 1) images.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed for the inputs and the initialization.')
-_OUT = flags.DEFINE_string('out', 'signal_prop.png', 'Where to write the PNG.')
-_JSON = flags.DEFINE_string('json', None, 'Optionally also write the numbers as JSON here.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined only when run as a script, so tests can import this module next to others."""
+    flags.DEFINE_enum('variant', 'ResNet50', sorted(nf_resnet.VARIANTS),
+                      'Depth pattern shared by the three networks.')
+    flags.DEFINE_float('width', 1.0, 'Width multiplier (4 is the full ResNet width).')
+    flags.DEFINE_integer('resolution', 96, 'Input size in pixels (multiple of 32).')
+    flags.DEFINE_integer('batch_size', 16, 'Number of N(0, 1) images.')
+    flags.DEFINE_integer('seed', 0, 'Seed for the inputs and the initialization.')
+    flags.DEFINE_string('out', 'signal_prop.png', 'Where to write the PNG.')
+    flags.DEFINE_string('json', None, 'Optionally also write the numbers as JSON here.')
+
 
 _PANELS = (('avg_sq_mean', 'Average squared channel mean'),
            ('avg_var', 'Average channel variance'),
@@ -76,22 +82,23 @@ def format_table(results: dict[str, dict[str, np.ndarray]]) -> str:
 def main(argv):
     del argv
     start = time.time()
-    results = signal_prop.measure_figure1(_VARIANT.value, _WIDTH.value, _RESOLUTION.value,
-                                          _BATCH.value, _SEED.value)
+    results = signal_prop.measure_figure1(FLAGS.variant, FLAGS.width, FLAGS.resolution,
+                                          FLAGS.batch_size, FLAGS.seed)
     logging.info('Measured in %.1f s.', time.time() - start)
-    depths = nf_resnet.VARIANTS[_VARIANT.value]['depth']
+    depths = nf_resnet.VARIANTS[FLAGS.variant]['depth']
     print(format_table(results))
     print('NF-ResNet expected variance per block (1 + k alpha^2):',
           np.round(signal_prop.nf_expected_variance(depths), 3).tolist())
-    title = (f'Signal propagation at init: {_VARIANT.value} layout, width x{_WIDTH.value:g}, '
-             f'{_RESOLUTION.value} px, batch {_BATCH.value}')
-    plot(results, title, _OUT.value)
-    print(f'Wrote {_OUT.value} ({time.time() - start:.1f} s).')
-    if _JSON.value:
-        with open(_JSON.value, 'w') as f:
+    title = (f'Signal propagation at init: {FLAGS.variant} layout, width x{FLAGS.width:g}, '
+             f'{FLAGS.resolution} px, batch {FLAGS.batch_size}')
+    plot(results, title, FLAGS.out)
+    print(f'Wrote {FLAGS.out} ({time.time() - start:.1f} s).')
+    if FLAGS.json:
+        with open(FLAGS.json, 'w') as f:
             json.dump({n: {k: v.tolist() for k, v in s.items()} for n, s in results.items()}, f,
                       indent=1)
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
