@@ -243,9 +243,10 @@ def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() for --multihost or when JAX_COORDINATOR_ADDRESS is set."""
     if not (_MULTIHOST.value or _COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS')):
         return
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-        # CPU collectives across processes need an implementation (gloo ships with jaxlib).
-        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # CPU collectives across processes need an implementation (gloo ships with jaxlib); the
+    # setting only affects the CPU backend. (No backend query here: initialize() must come
+    # before anything that starts a backend.)
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     kwargs = {}
     if _COORDINATOR.value:
         kwargs = dict(coordinator_address=_COORDINATOR.value,

@@ -172,9 +172,9 @@ def make_eval_step(model: nfnets.Model, config: ml_collections.ConfigDict
     return eval_step
 
 
-def replicate(tree):
+def replicate(tree, devices=None):
     """Puts one copy of a host tree on every local device (leading axis = local devices)."""
-    devices = jax.local_devices()
+    devices = list(devices or jax.local_devices())
     sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
                                           jax.sharding.PartitionSpec(AXIS))
     return jax.tree_util.tree_map(
