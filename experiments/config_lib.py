@@ -6,6 +6,7 @@ config_flags, so their syntax and type checks are the standard ones.
 """
 
 import os
+import re
 from collections.abc import Sequence
 
 import ml_collections
@@ -85,7 +86,8 @@ def get_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Confi
     try:
         flag_values(argv)
     except (KeyError, AttributeError) as e:  # config_flags wraps a missing field's KeyError
-        missing = str(e.args[0] if e.args else e).strip('"\'')
+        missing = re.sub(r'\\+n|\n', '. ', str(e.args[0] if e.args else e))
+        missing = missing.replace('\\', '').replace("'", '')
         fields = _flatten_keys(get_config(spec)) if overrides else []
         raise ValueError(f'Bad config override in {list(overrides)}: no such field '
                          f'{missing}; accepted fields: {sorted(fields)}.') from e
