@@ -1,0 +1,296 @@
+r"""Training-step and eval-forward speed of a registered model on the device at hand.
+
+Times, after compilation, the full training step that the trainer runs (forward, backward,
+adaptive gradient clipping, the paper's SGD with weight decay and Nesterov momentum, the EMA of
+the weights) and the eval forward pass, on synthetic device-resident batches, and reports
+images/s, compile seconds, peak memory, achieved FLOP/s and MFU (when the device's peak is
+known). It then times the same architecture with BatchNorm in place of weight standardization
+('<model>_bn', when registered) and prints the WS/BN step-time ratio (the paper: 73.3 vs
+111.7 ms per step on TPU, NF being faster).
+
+  python -m experiments.benchmark                                  # F0, batch 8, 192/256 px
+  python -m experiments.benchmark --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
+  python -m experiments.benchmark --compare_bn=false --steps=3
+
+Steps are dispatched back to back with donated buffers; the host waits (block_until_ready)
+only once, after the last timed step, so the figure includes no host syncs.
+FLOPs are counted from the traced forward (nfnets.counting): 2 FLOPs per multiply-add, and a
+training step counted as 3 forwards (forward + two backward products), as is customary.
+"""
+
+import dataclasses
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+import nfnets
+from nfnets import counting, layers, optim
+
+# Dense peak FLOP/s per device (no sparsity), by dtype, from the vendors' data sheets.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    'H100': {'bfloat16': 989e12, 'float32': 67e12},     # SXM; fp32 without TF32
+    'H200': {'bfloat16': 989e12, 'float32': 67e12},
+    'A100': {'bfloat16': 312e12, 'float32': 19.5e12},
+    'TPU v3': {'bfloat16': 123e12, 'float32': 123e12 / 4},  # per chip (2 cores)
+    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12 / 4},
+}
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Timing:
+    """One timed function: median seconds per call over the timed repeats, and compile time."""
+
+    name: str
+    batch_size: int
+    image_size: int
+    seconds_per_step: float
+    compile_seconds: float
+    step_times: list[float]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / self.seconds_per_step
+
+
+def device_peak_flops(device: jax.Device, dtype: str, cpu_peak: float | None = None
+                      ) -> float | None:
+    """Peak FLOP/s of ``device`` for ``dtype`` from :data:`PEAK_FLOPS`, else None.
+
+    CPUs have no entry (their peak depends on cores, clocks and vector units); pass
+    ``cpu_peak`` to get an MFU there.
+    """
+    if device.platform == 'cpu':
+        return cpu_peak
+    kind = device.device_kind
+    for name, peaks in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peaks.get(dtype)
+    return None
+
+
+def peak_memory_bytes(device: jax.Device) -> tuple[int | None, str]:
+    """Peak memory so far and what it measures: device bytes in use, or host peak RSS on CPU."""
+    if device.platform != 'cpu':
+        stats = device.memory_stats() or {}
+        if 'peak_bytes_in_use' in stats:
+            return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(rss if sys.platform == 'darwin' else rss * 1024), 'host peak RSS'
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
+                          label_smoothing: float = 0.1) -> jax.Array:
+    """Mean cross-entropy with label smoothing (the paper's 0.1), in float32."""
+    num_classes = logits.shape[-1]
+    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), -1))
+
+
+def build_train_step(model, opt_config, *, params, batch_size: int,
+                     dtype: Any = jnp.float32) -> tuple[Callable, optax.GradientTransformation]:
+    """A jitted ``step(train_state, images, labels) -> (train_state, metrics)``.
+
+    ``train_state`` is ``(params, state, opt_state, ema_params, step, rng)`` and is donated, so
+    XLA updates the weights in place. Activations run in ``dtype`` (images are cast on entry;
+    layers cast their float32 weights to the input's dtype); parameters, gradients, AGC, the
+    optimizer and the EMA stay float32.
+    """
+    tx, _ = optim.build_optimizer(opt_config, params=params, total_steps=10_000,
+                                  warmup_steps=100, global_batch_size=batch_size)
+
+    def loss_fn(params, state, rng, images, labels):
+        out, state = model.apply(params, state, rng, images.astype(dtype), is_training=True)
+        return softmax_cross_entropy(out['logits'], labels), state
+
+    def step(train_state, images, labels):
+        params, state, opt_state, ema_params, step_count, rng = train_state
+        rng, step_rng = jax.random.split(rng)
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, state, step_rng, images, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ema_params = optim.ema_update(ema_params, new_params, step_count,
+                                      opt_config.ema_decay)
+        metrics = {'loss': loss}
+        metrics.update(optim.clip_stats(grads, params, opt_config))
+        return (new_params, state, opt_state, ema_params, step_count + 1, rng), metrics
+
+    return jax.jit(step, donate_argnums=0), tx
+
+
+def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
+    """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode."""
+    def forward(params, state, images):
+        out, _ = model.apply(params, state, None, images.astype(dtype), is_training=False)
+        return out['logits']
+    return jax.jit(forward)
+
+
+def _timed_loop(fn: Callable, carry: Any, args: tuple, steps: int) -> tuple[Any, float]:
+    """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end."""
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = fn(carry, *args)
+        carry = out[0]
+    jax.block_until_ready(out)
+    return carry, time.perf_counter() - start
+
+
+def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
+                    steps: int = 5, warmup: int = 1, repeats: int = 1, seed: int = 0,
+                    opt_config=None) -> Timing:
+    """Compiles and times the training step; returns the median seconds per step.
+
+    ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
+    """
+    opt_config = opt_config or optim.default_config()
+    rng = jax.random.PRNGKey(seed)
+    images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
+    labels = jax.random.randint(rng, (batch_size,), 0, model.num_classes)
+    params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
+    step, tx = build_train_step(model, opt_config, params=params, batch_size=batch_size,
+                                dtype=dtype)
+    ema_params = jax.tree_util.tree_map(jnp.copy, params)
+    train_state = (params, state, tx.init(params), ema_params, jnp.zeros((), jnp.int32), rng)
+    start = time.perf_counter()
+    compiled = step.lower(train_state, images, labels).compile()
+    compile_seconds = time.perf_counter() - start
+    for _ in range(warmup):
+        train_state, _ = _timed_loop(compiled, train_state, (images, labels), 1)
+    times = []
+    for _ in range(repeats):
+        train_state, seconds = _timed_loop(compiled, train_state, (images, labels), steps)
+        times.append(seconds / steps)
+    return Timing('train', batch_size, image_size, float(np.median(times)), compile_seconds,
+                  times)
+
+
+def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
+                   steps: int = 5, warmup: int = 1, repeats: int = 1, seed: int = 0) -> Timing:
+    """Compiles and times the eval forward; returns the median seconds per batch."""
+    rng = jax.random.PRNGKey(seed)
+    images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
+    params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], False)
+    forward = build_eval_step(model, dtype)
+    start = time.perf_counter()
+    compiled = forward.lower(params, state, images).compile()
+    compile_seconds = time.perf_counter() - start
+    # Thread params through a trivial carry so _timed_loop's interface fits.
+    fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
+    for _ in range(warmup):
+        _timed_loop(fn, None, (params, state, images), 1)
+    times = []
+    for _ in range(repeats):
+        _, seconds = _timed_loop(fn, None, (params, state, images), steps)
+        times.append(seconds / steps)
+    return Timing('eval', batch_size, image_size, float(np.median(times)), compile_seconds,
+                  times)
+
+
+def train_flops_per_image(model, image_size: int) -> float:
+    """FLOPs of one trained image: 3 forwards' worth of traced MACs, 2 FLOPs each."""
+    return 3 * 2 * counting.count_model_macs(model, image_size)
+
+
+def eval_flops_per_image(model, image_size: int) -> float:
+    return 2 * counting.count_model_macs(model, image_size)
+
+
+def report(timing: Timing, flops_per_image: float, peak: float | None) -> str:
+    """One line: images/s, ms per step, compile seconds, achieved FLOP/s and MFU."""
+    achieved = flops_per_image * timing.images_per_second
+    line = (f'{timing.name:5s} batch {timing.batch_size} at {timing.image_size}px: '
+            f'{timing.images_per_second:8.3f} img/s, {1e3 * timing.seconds_per_step:9.1f} ms/step, '
+            f'compile {timing.compile_seconds:6.1f} s, {achieved / 1e9:8.1f} GFLOP/s')
+    if peak:
+        line += f', MFU {100 * achieved / peak:5.1f}%'
+    return line
+
+
+def bn_variant(name: str) -> str | None:
+    """The BatchNorm counterpart of ``name`` if the registry has one, else None."""
+    bn_name = name + '_bn'
+    return bn_name if bn_name in nfnets.list_models() else None
+
+
+_MODEL = flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Images per training / eval step.')
+_IMAGE = flags.DEFINE_integer('image_size', None, 'Train resolution (default: the model\'s).')
+_EVAL_IMAGE = flags.DEFINE_integer('eval_image_size', None,
+                                   'Eval resolution (default: the model\'s test resolution).')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Activation dtype.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
+_REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed loops; the median per-step time is used.')
+_COMPARE_BN = flags.DEFINE_bool('compare_bn', True, 'Also time the BatchNorm variant.')
+_EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
+_GROUPED = flags.DEFINE_enum('grouped_conv_impl', None, list(layers.GROUPED_CONV_IMPLS),
+                             'Grouped-conv strategy (default: per backend).')
+_WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
+_CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', None,
+                               'Peak GFLOP/s of this CPU, to report an MFU on CPU.')
+
+
+def main(argv):
+    del argv
+    layers.set_grouped_conv_impl(_GROUPED.value)
+    device = jax.devices()[0]
+    dtype_name = _DTYPE.value
+    dtype = DTYPES[dtype_name]
+    cpu_peak = _CPU_PEAK.value * 1e9 if _CPU_PEAK.value else None
+    peak = device_peak_flops(device, dtype_name, cpu_peak)
+    logging.info('Device: %s (%s), %d devices; grouped conv: %s', device.device_kind,
+                 device.platform, jax.device_count(), layers.default_grouped_conv_impl())
+    print(f'device {device.device_kind} ({device.platform}), dtype {dtype_name}, grouped conv '
+          f'{layers.default_grouped_conv_impl()}, peak '
+          f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}')
+
+    names = [_MODEL.value]
+    if _COMPARE_BN.value:
+        bn_name = bn_variant(_MODEL.value)
+        if bn_name is None:
+            print(f'BatchNorm variant {_MODEL.value}_bn is not registered: skipping the '
+                  f'WS-vs-BN comparison.')
+        else:
+            names.append(bn_name)
+    kwargs = dict(width=_WIDTH.value) if _WIDTH.value != 1.0 else {}
+    train_times = {}
+    for name in names:
+        model = nfnets.create_model(name, num_classes=1000, **kwargs)
+        train_size = _IMAGE.value or model.train_imsize
+        eval_size = _EVAL_IMAGE.value or model.test_imsize
+        print(f'{name}: {counting.count_params(model.param_shapes(train_size)) / 1e6:.2f}M '
+              f'params, {counting.count_model_macs(model, train_size) / 1e9:.2f} GMACs at '
+              f'{train_size}px')
+        timing = time_train_step(model, batch_size=_BATCH.value, image_size=train_size,
+                                 dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
+                                 repeats=_REPEATS.value)
+        train_times[name] = timing.seconds_per_step
+        print(name, report(timing, train_flops_per_image(model, train_size), peak))
+        mem, what = peak_memory_bytes(device)
+        print(f'{name} peak memory after the train step ({what}): {mem / 2**30:.2f} GiB')
+        if _EVAL.value:
+            timing = time_eval_step(model, batch_size=_BATCH.value, image_size=eval_size,
+                                    dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
+                                    repeats=_REPEATS.value)
+            print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
+    if len(train_times) == 2:
+        ws, bn = (train_times[n] for n in names)
+        print(f'train step time {names[0]} / {names[1]}: {ws / bn:.3f} '
+              f'({1e3 * ws:.1f} vs {1e3 * bn:.1f} ms; paper on TPU: 73.3 vs 111.7 ms = 0.656)')
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,87 @@
+"""Smoke tests of experiments/benchmark.py's pieces on a tiny NFNet."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import benchmark
+from nfnets import layers, optim, registry
+
+
+class _TinyNet(hk.Module):
+    """Two WS convs (one grouped) and a classifier: compiles in about a second."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(name='NFNet')
+        self.conv0 = layers.WSConv2D(8, 3, stride=2, name='stem_conv0')
+        self.conv1 = layers.WSConv2D(8, 3, feature_group_count=2, name='conv1')
+        self.fc = layers.Linear(num_classes)
+
+    def __call__(self, x, is_training, return_metrics=False):
+        out = self.conv1(jax.nn.gelu(self.conv0(x)))
+        return {'logits': self.fc(jnp.mean(out, axis=(1, 2))).astype(jnp.float32)}
+
+    def count_macs(self, h, w):
+        return (self.conv0.count_macs(3, h, w) + self.conv1.count_macs(8, h / 2, w / 2)
+                + 8 * self.fc.output_size)
+
+
+def _tiny():
+    return registry.Model(name='tiny', num_classes=10, kwargs={}, module_fn=_TinyNet)
+
+
+def test_cross_entropy_matches_closed_form():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    logp = logits - jnp.log(jnp.sum(jnp.exp(logits)))
+    smoothed = 0.9 * np.eye(3)[0] + 0.1 / 3
+    expected = -float(jnp.sum(smoothed * logp))
+    got = float(benchmark.softmax_cross_entropy(logits, jnp.array([0]), label_smoothing=0.1))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_train_step_updates_params_and_ema():
+    model = _tiny()
+    rng = jax.random.PRNGKey(0)
+    images = jax.random.normal(rng, (2, 32, 32, 3))
+    labels = jnp.array([1, 2])
+    params, state = model.init(rng, images, True)
+    step, tx = benchmark.build_train_step(model, optim.default_config(), params=params,
+                                          batch_size=2)
+    before = jax.tree_util.tree_map(np.asarray, params)
+    train_state = (params, state, tx.init(params), jax.tree_util.tree_map(jnp.copy, params),
+                   jnp.zeros((), jnp.int32), rng)
+    for _ in range(2):
+        train_state, metrics = step(train_state, images, labels)
+    new_params, _, _, ema, count, _ = train_state
+    assert int(count) == 2
+    assert np.isfinite(float(metrics['loss']))
+    assert 0.0 <= float(metrics['agc_clip_fraction']) <= 1.0
+    w = 'NFNet/~/linear'
+    # Warmup lr is nonzero after step 0, so the classifier moved; EMA decay at step 1 is
+    # min(0.99999, 2/11): the EMA sits between the old and new weights.
+    assert np.any(np.asarray(new_params[w]['b']) != before[w]['b'])
+    d = 2.0 / 11.0
+    np.testing.assert_allclose(ema[w]['w'], before[w]['w'] * d + new_params[w]['w'] * (1 - d),
+                               atol=1e-4)
+
+
+def test_timing_and_report():
+    model = _tiny()
+    timing = benchmark.time_eval_step(model, batch_size=2, image_size=32, steps=1, warmup=0)
+    assert timing.seconds_per_step > 0 and timing.compile_seconds > 0
+    assert timing.images_per_second == pytest.approx(2 / timing.seconds_per_step)
+    flops = benchmark.eval_flops_per_image(model, 32)
+    # Traced MACs agree with the rule-based count.
+    assert flops == pytest.approx(2 * model.count_macs(32), rel=1e-6)
+    line = benchmark.report(timing, flops, peak=flops * timing.images_per_second * 4)
+    assert 'MFU  25.0%' in line
+
+
+def test_peak_flops_table():
+    cpu = jax.devices('cpu')[0]
+    assert benchmark.device_peak_flops(cpu, 'float32') is None
+    assert benchmark.device_peak_flops(cpu, 'float32', cpu_peak=1e12) == 1e12
+    mem, what = benchmark.peak_memory_bytes(cpu)
+    assert mem > 0 and 'RSS' in what
