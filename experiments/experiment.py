@@ -121,3 +121,26 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     result.update(step=int(state.step), image_size=setup.eval_imsize,
                   split=split or config.eval_split, params='EMA' if use_ema else 'raw')
     return result
+
+
+def evaluate_weights(config: ml_collections.ConfigDict, path: str, *,
+                     split: str | None = None) -> dict:
+    """Evaluates published/exported params: an official ``F*_haiku.npz`` (a dill pickle, read
+    without running code) or our ``weights.save_npz`` format, checked against the model first."""
+    from nfnets import weights
+
+    setup = build_setup(config)
+    try:
+        params = weights.load_npz(path)
+    except ValueError:  # not a plain npz: try the official pickle (safe unpickler)
+        params = weights.load_official(path)
+    weights.check_params(params, setup.model.param_shapes(setup.eval_imsize), source=path)
+    _, model_state = setup.model.init(jax.random.PRNGKey(0), jnp.zeros(
+        (1, setup.eval_imsize, setup.eval_imsize, 3), jnp.float32))
+    evaluator = Evaluator(setup.model, config)
+    split = split or config.eval_split
+    result = evaluator.run(train_lib.replicate(params), train_lib.replicate(model_state),
+                           split=split, image_size=setup.eval_imsize)
+    result.update(step=-1, image_size=setup.eval_imsize, split=split, params=path)
+    return result
+

@@ -116,3 +116,24 @@ def test_loss_with_mixed_labels_and_smoothing_matches_closed_form():
     expected = np.mean([0.75 * ce(p[0], 0) + 0.25 * ce(p[0], 1),
                         0.5 * ce(p[1], 2) + 0.5 * ce(p[1], 0)])
     np.testing.assert_allclose(train_lib.train_loss(logits, batch, s), expected, rtol=1e-6)
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path):
+    import signal
+
+    from data import pipeline
+
+    config = fx.tiny_config(checkpoint_every_steps=100)
+
+    def batches_fn(start):
+        it = pipeline.build_input(config.dataset, config.train_split, is_training=True,
+                                  batch_dims=[1, 16], image_size=32, start_step=start)
+        for i, batch in enumerate(it):
+            if i == 2:   # preempted while step 3 runs
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    result = train.train_and_evaluate(config, str(tmp_path), batches_fn=batches_fn)
+    assert result['stopped_early'] and result['eval'] is None
+    assert int(result['state'].step) == 3
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
