@@ -37,10 +37,10 @@ _MEAN, _STD = 0.1307, 0.3081  # MNIST pixel statistics
 
 def define_flags() -> None:
     """Defined only when run as a script, so tests can import this module next to others."""
-    flags.DEFINE_list('batch_sizes', ['64', '256', '1024'], 'Batch sizes to train at.')
-    flags.DEFINE_list('clippings', ['none', '0.01', '0.04', '0.16'],
+    flags.DEFINE_list('batch_sizes', ['32', '128', '512'], 'Batch sizes to train at.')
+    flags.DEFINE_list('clippings', ['none', '0.02', '0.08', '0.32'],
                       "AGC thresholds; 'none' trains without AGC.")
-    flags.DEFINE_integer('epochs', 8, 'Epochs over the 4,000 training digits.')
+    flags.DEFINE_integer('epochs', 10, 'Epochs over the 4,000 training digits.')
     flags.DEFINE_float('lr_per_256', 0.4, 'Peak learning rate per 256 examples.')
     flags.DEFINE_float('warmup_epochs', 1.0, 'Linear warmup length.')
     flags.DEFINE_string('model', 'nf_resnet_26', 'Registry model.')

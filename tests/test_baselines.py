@@ -68,6 +68,8 @@ def test_batchnorm_train_and_eval_with_state(name, kwargs):
     assert state and all('mean_ema' in k or 'var_ema' in k for k in state)
     apply = jax.jit(model.apply, static_argnums=(4, 5))
     rng = jax.random.PRNGKey(2)
+    # (init already ran one training-mode pass on x; a new batch moves every average again.)
+    x = jax.random.normal(jax.random.PRNGKey(3), x.shape)
     train_out, new_state = apply(params, state, rng, x, True, False)
     assert train_out['logits'].shape == (4, 10)
     changed = [k for k in state if not np.allclose(state[k]['average'], new_state[k]['average'])]
@@ -77,7 +79,7 @@ def test_batchnorm_train_and_eval_with_state(name, kwargs):
         np.testing.assert_array_equal(eval_state[k]['average'], new_state[k]['average'])
     # Eval uses the moving statistics: an example's features do not depend on its batch.
     alone, _ = apply(params, new_state, rng, x[:1], False, False)
-    np.testing.assert_allclose(alone['pool'], eval_out['pool'][:1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(alone['pool'], eval_out['pool'][:1], rtol=2e-3, atol=1e-4)
     # Training normalizes with the batch's statistics, so there they do.
     alone_train, _ = apply(params, state, rng, x[:2], True, False)
     assert not np.allclose(alone_train['pool'][:1], train_out['pool'][:1], rtol=1e-3)
