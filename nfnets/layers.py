@@ -43,8 +43,15 @@ def default_grouped_conv_impl() -> str:
 
 def grouped_conv(x: jax.Array, w: jax.Array, stride: Sequence[int], padding: str,
                  groups: int, impl: str) -> jax.Array:
-    """NHWC x HWIO convolution with ``groups`` groups, by either strategy (same numbers)."""
+    """NHWC x HWIO convolution with ``groups`` groups, by either strategy (same numbers).
+
+    ``'split'`` (the CPU strategy) also lowers ungrouped stride-1 1x1 convolutions to a dot.
+    """
     dn = ('NHWC', 'HWIO', 'NHWC')
+    if impl == 'split' and groups == 1 and w.shape[:2] == (1, 1) and tuple(stride) == (1, 1):
+        # A 1x1 convolution is a matrix product over channels; XLA:CPU runs its backward pass
+        # about 1.75x faster as a dot than as a convolution (same sums, same results).
+        return jnp.dot(x, w[0, 0])
     if groups == 1 or impl == 'native':
         return jax.lax.conv_general_dilated(
             x, w, window_strides=tuple(stride), padding=padding, dimension_numbers=dn,
