@@ -16,8 +16,13 @@ from absl import app, flags
 import nfnets
 from nfnets import nf_regnet, nfnet
 
-_TABLES = flags.DEFINE_list('tables', ['nfnet', 'nf_regnet', 'nf_resnet', 'baselines'],
-                            'Which tables: nfnet, nf_regnet, nf_resnet, baselines.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined only when run as a script, so tests can import this module next to others."""
+    flags.DEFINE_list('tables', ['nfnet', 'nf_regnet', 'nf_resnet', 'baselines'],
+                      'Which tables: nfnet, nf_regnet, nf_resnet, baselines.')
 
 # NFNet paper Table 3 (ImageNet top-1, %); F6 was trained with SAM; F7 and F+ have none.
 NFNET_PAPER_TOP1 = {'F0': '83.6', 'F1': '84.7', 'F2': '85.1', 'F3': '85.7', 'F4': '85.9',
@@ -88,10 +93,10 @@ _BUILDERS = {'nfnet': nfnet_table, 'nf_regnet': nf_regnet_table, 'nf_resnet': nf
 
 def main(argv):
     del argv
-    unknown = set(_TABLES.value) - set(_TABLE_NAMES)
+    unknown = set(FLAGS.tables) - set(_TABLE_NAMES)
     if unknown:
         raise app.UsageError(f'Unknown tables {sorted(unknown)}; accepted: {_TABLE_NAMES}.')
-    for table in _TABLES.value:
+    for table in FLAGS.tables:
         start = time.time()
         print(f'\n## {table}\n')
         print(_BUILDERS[table]())
@@ -99,4 +104,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
