@@ -16,6 +16,7 @@ def _compilation_cache(tmp_path_factory):
     jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
     yield
+    jax.config.update('jax_compilation_cache_dir', None)
 
 
 def _losses(result):
