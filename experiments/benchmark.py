@@ -56,6 +56,7 @@ class Timing:
     seconds_per_step: float
     compile_seconds: float
     step_times: list[float]
+    cpu_seconds_per_step: float = float('nan')  # process CPU time (all threads) per step
 
     @property
     def images_per_second(self) -> float:
@@ -137,15 +138,20 @@ def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
     return jax.jit(forward)
 
 
-def _timed_loop(fn: Callable, carry: Any, args: tuple, steps: int) -> tuple[Any, float]:
-    """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end."""
-    start = time.perf_counter()
+def _timed_loop(fn: Callable, carry: Any, args: tuple, steps: int
+                ) -> tuple[Any, float, float]:
+    """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end.
+
+    Returns the carry, the wall seconds and the process CPU seconds (all threads). On a shared
+    host the CPU seconds measure the work itself; the wall seconds also count waiting for cores.
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = None
     for _ in range(steps):
         out = fn(carry, *args)
         carry = out[0]
     jax.block_until_ready(out)
-    return carry, time.perf_counter() - start
+    return carry, time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
@@ -168,13 +174,14 @@ def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp
     compiled = step.lower(train_state, images, labels).compile()
     compile_seconds = time.perf_counter() - start
     for _ in range(warmup):
-        train_state, _ = _timed_loop(compiled, train_state, (images, labels), 1)
-    times = []
+        train_state, _, _ = _timed_loop(compiled, train_state, (images, labels), 1)
+    times, cpu_times = [], []
     for _ in range(repeats):
-        train_state, seconds = _timed_loop(compiled, train_state, (images, labels), steps)
+        train_state, seconds, cpu = _timed_loop(compiled, train_state, (images, labels), steps)
         times.append(seconds / steps)
+        cpu_times.append(cpu / steps)
     return Timing('train', batch_size, image_size, float(np.median(times)), compile_seconds,
-                  times)
+                  times, float(np.median(cpu_times)))
 
 
 def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
@@ -191,12 +198,13 @@ def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.
     fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
     for _ in range(warmup):
         _timed_loop(fn, None, (params, state, images), 1)
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        _, seconds = _timed_loop(fn, None, (params, state, images), steps)
+        _, seconds, cpu = _timed_loop(fn, None, (params, state, images), steps)
         times.append(seconds / steps)
+        cpu_times.append(cpu / steps)
     return Timing('eval', batch_size, image_size, float(np.median(times)), compile_seconds,
-                  times)
+                  times, float(np.median(cpu_times)))
 
 
 def train_flops_per_image(model, image_size: int) -> float:
@@ -213,7 +221,8 @@ def report(timing: Timing, flops_per_image: float, peak: float | None) -> str:
     achieved = flops_per_image * timing.images_per_second
     line = (f'{timing.name:5s} batch {timing.batch_size} at {timing.image_size}px: '
             f'{timing.images_per_second:8.3f} img/s, {1e3 * timing.seconds_per_step:9.1f} ms/step, '
-            f'compile {timing.compile_seconds:6.1f} s, {achieved / 1e9:8.1f} GFLOP/s')
+            f'compile {timing.compile_seconds:6.1f} s, {achieved / 1e9:8.1f} GFLOP/s, '
+            f'CPU {timing.cpu_seconds_per_step:.2f} s/step')
     if peak:
         line += f', MFU {100 * achieved / peak:5.1f}%'
     return line

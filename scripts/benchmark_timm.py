@@ -34,16 +34,19 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _median_step_seconds(fn, steps: int, warmup: int, repeats: int) -> tuple[float, list]:
+def _median_step_seconds(fn, steps: int, warmup: int, repeats: int
+                         ) -> tuple[float, list, float]:
+    """Median wall seconds per step, the per-repeat list, and median process CPU s per step."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             fn()
         times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times), times
+        cpu_times.append((time.process_time() - cpu_start) / steps)
+    return statistics.median(times), times, statistics.median(cpu_times)
 
 
 def main() -> None:
@@ -81,9 +84,11 @@ def main() -> None:
             opt.step()
             ema.update(model)
 
-        seconds, times = _median_step_seconds(train_step, args.steps, args.warmup, args.repeats)
+        seconds, times, cpu = _median_step_seconds(train_step, args.steps, args.warmup,
+                                                    args.repeats)
         print(f'timm train batch {args.batch_size} at {args.image_size}px: '
-              f'{args.batch_size / seconds:.3f} img/s, {1e3 * seconds:.1f} ms/step '
+              f'{args.batch_size / seconds:.3f} img/s, {1e3 * seconds:.1f} ms/step, '
+              f'CPU {cpu:.2f} s/step '
               f'(repeats: {", ".join(f"{1e3 * t:.0f}" for t in times)} ms)')
 
     if not args.no_eval:
@@ -94,9 +99,11 @@ def main() -> None:
             with torch.no_grad():
                 model(images)
 
-        seconds, times = _median_step_seconds(eval_step, args.steps, args.warmup, args.repeats)
+        seconds, times, cpu = _median_step_seconds(eval_step, args.steps, args.warmup,
+                                                   args.repeats)
         print(f'timm eval  batch {args.batch_size} at {args.eval_image_size}px: '
-              f'{args.batch_size / seconds:.3f} img/s, {1e3 * seconds:.1f} ms/step '
+              f'{args.batch_size / seconds:.3f} img/s, {1e3 * seconds:.1f} ms/step, '
+              f'CPU {cpu:.2f} s/step '
               f'(repeats: {", ".join(f"{1e3 * t:.0f}" for t in times)} ms)')
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
