@@ -86,18 +86,22 @@ class Evaluator:
         """``params``/``model_state`` replicated over local devices. Returns global metrics."""
         batches = self.batches(split, image_size) if batches is None else batches
         totals = None
-        start = time.time()
+        start, first_count = time.time(), 0.0
         for batch in batches:
             sums = self._step(params, model_state, batch)
+            if totals is None:  # time from after the first batch: excludes compilation
+                first_count = float(jax.device_get(sums['count'])[0])
+                start = time.time()
             totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         if totals is None:
             raise ValueError(f'Split {split!r} of {self.config.dataset} yielded no batches.')
         totals = {k: float(v[0]) for k, v in jax.device_get(totals).items()}
         elapsed = time.time() - start
         count = totals['count']
+        timed = count - first_count
         return {'top1': totals['top1'] / count, 'top5': totals['top5'] / count,
                 'loss': totals['loss'] / count, 'count': int(round(count)),
-                'images_per_sec': count / max(elapsed, 1e-9)}
+                'images_per_sec': timed / elapsed if timed and elapsed > 0 else float('nan')}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
