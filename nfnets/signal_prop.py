@@ -41,9 +41,14 @@ def measure(name: str, *, variant: str, width: float, resolution: int = 64,
     model = nfnets.create_model(name, num_classes=10, variant=variant, width=width, **overrides)
     key_x, key_init, key_apply = jax.random.split(jax.random.PRNGKey(seed), 3)
     images = jax.random.normal(key_x, (batch_size, resolution, resolution, 3))
-    params, state = jax.jit(model.init)(key_init, images)
-    apply = jax.jit(lambda p, s, r, x: model.apply(p, s, r, x, True, True)[0])
-    out = jax.device_get(apply(params, state, key_apply, images))
+
+
+    @jax.jit  # One compilation for init and the measured forward pass.
+    def init_and_measure(key_init, key_apply, x):
+        params, state = model.init(key_init, x)
+        return model.apply(params, state, key_apply, x, True, True)[0]
+
+    out = jax.device_get(init_and_measure(key_init, key_apply, images))
     num_blocks = sum(1 for k in out if k.startswith('res_avg_var_'))
     stack = lambda prefix, n: np.array([out[f'{prefix}_{i}'] for i in range(n)], np.float64)
     return {'avg_sq_mean': stack('avg_sq_mean', num_blocks + 1),
