@@ -18,7 +18,8 @@ _NFNET_VARIANTS = ('f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7')
 
 
 def _names() -> dict[str, tuple[str, str | None]]:
-    names: dict[str, tuple[str, str | None]] = {'demo': ('demo.py', None)}
+    names: dict[str, tuple[str, str | None]] = {'demo': ('demo.py', None),
+                                                 'finetune': ('finetune.py', None)}
     for v in _NFNET_VARIANTS:
         names[f'nfnet_{v}'] = ('nfnet.py', v.upper())
         names[f'nfnet_{v}_plus'] = ('nfnet.py', v.upper() + '+')

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 import nfnets
-from nfnets import optim
+from nfnets import optim, weights
 
 AXIS = 'batch'
 
@@ -93,6 +94,17 @@ def init_state(model: nfnets.Model, optimizer: optax.GradientTransformation,
         return params, model_state
 
     params, model_state = _init(init_rng)
+    if config.get('require_pretrained') and not config.get('pretrained'):
+        raise ValueError(f'Config {config.name!r} fine-tunes published weights: pass '
+                         '--config.pretrained=PATH (e.g. F0_haiku.npz).')
+    if config.get('pretrained'):
+        # Fine-tuning: every tensor from the file; a new N(0, 0.01) classifier when the class
+        # count differs. The file is checked name by name against the model first.
+        loaded = weights.load_pretrained_for_finetune(
+            config.pretrained, model, rng=init_rng, resolution=image_size)
+        params = jax.tree_util.tree_map(jnp.asarray, loaded)
+        logging.info('Initialised %d tensors from %s.',
+                     len(jax.tree_util.tree_leaves(params)), config.pretrained)
     opt_state = optimizer.init(params)
     ema_params = jax.tree_util.tree_map(jnp.copy, params)
     return TrainState(params=params, model_state=model_state, opt_state=opt_state,

@@ -12,6 +12,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.name = ''                    # a label for logs and checkpoints
     config.model = ''                   # a registry name (nfnets.list_models())
     config.model_kwargs = ml_collections.ConfigDict()  # overrides of the model's arguments
+    # Weights to start from (official F*_haiku.npz, our .npz, timm .safetensors/.pth); the
+    # classifier is replaced when the class count differs. None: random init.
+    config.pretrained = config_dict.placeholder(str)
     # Data.
     config.dataset = 'imagenet2012'
     config.data_dir = config_dict.placeholder(str)   # TFDS data dir (None: the TFDS default)
