@@ -189,7 +189,8 @@ def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.
     """Compiles and times the eval forward; returns the median seconds per batch."""
     rng = jax.random.PRNGKey(seed)
     images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
-    params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], False)
+    # Initialised in training mode so that models with state (BatchNorm averages) have it.
+    params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
     forward = build_eval_step(model, dtype)
     start = time.perf_counter()
     compiled = forward.lower(params, state, images).compile()
