@@ -290,7 +290,9 @@ def main(argv):
         train_times[name] = timing.seconds_per_step
         print(name, report(timing, train_flops_per_image(model, train_size), peak))
         mem, what = peak_memory_bytes(device)
-        print(f'{name} peak memory after the train step ({what}): {mem / 2**30:.2f} GiB')
+        # Host RSS is a process-wide high-water mark: the first model's figure is its own.
+        print(f'{name} peak memory after the train step ({what}, process high-water mark): '
+              f'{mem / 2**30:.2f} GiB')
         if _EVAL.value:
             timing = time_eval_step(model, batch_size=_BATCH.value, image_size=eval_size,
                                     dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
