@@ -35,7 +35,7 @@ setuptools.setup(
     package_data={'': ['*.json', '*.npz']},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        'test': ['pytest>=7.4', 'ruff>=0.5'],
+        'test': ['pytest>=7.4', 'ruff>=0.5', 'dill>=0.3.6'],  # dill: writes official-format files
         # timm interchange and the peer benchmark; never needed at run time.
         'torch': ['torch', 'timm', 'safetensors'],
     },

@@ -6,9 +6,9 @@ r"""Classifies image files with an NFNet checkpoint or the published weights; pr
 ``F*_haiku.npz`` (loaded without unpickling code), our ``.npz``, or a timm ``.safetensors`` /
 ``.pth``. Images are eval-preprocessed exactly as the evaluation pipeline does
 (``data.preprocess.eval_image``: resize to test size + 32, centre crop, ImageNet mean/std) at the
-variant's test resolution. For 1000-class models the names are ImageNet synset ids from the
-label file TFDS ships (``n01440764`` ...), with readable names when ``--class_names`` points to a
-``wnid name`` file (one per line, in class order, e.g. timm's ``imagenet_synset_to_lemma.txt``).
+variant's test resolution. For 1000-class models the names are the ImageNet synset ids and
+readable names that TFDS ships (``n01440764 tench, Tinca tinca`` ...); ``--class_names`` takes
+a file of names instead (one per line, in class order).
 """
 
 import importlib.resources
@@ -42,6 +42,15 @@ def imagenet_class_ids() -> list[str]:
     raise FileNotFoundError('The imagenet2012 labels.txt was not found in tensorflow_datasets.')
 
 
+def imagenet_readable_names() -> list[str]:
+    """Readable ImageNet class names in the same (sorted-synset) order, also shipped by TFDS."""
+    from tensorflow_datasets.datasets.siscore import labels  # a 1000-name list, class order
+    names = list(labels.IMAGENET_LABELS_LIST)
+    if len(names) != 1000:
+        raise ValueError(f'Expected 1000 ImageNet names in TFDS, found {len(names)}.')
+    return names
+
+
 def class_names(num_classes: int, names_file: str | None = None) -> list[str]:
     """Printable class names: synset ids (+ readable names from ``names_file``) or indices."""
     if names_file:
@@ -52,7 +61,8 @@ def class_names(num_classes: int, names_file: str | None = None) -> list[str]:
                              'classes.')
         return rows
     if num_classes == 1000:
-        return imagenet_class_ids()
+        return [f'{wnid} {name}' for wnid, name in zip(imagenet_class_ids(),
+                                                        imagenet_readable_names(), strict=True)]
     return [f'class {i}' for i in range(num_classes)]
 
 

@@ -33,6 +33,11 @@ def test_imagenet_class_ids_ship_with_tfds():
     ids = predict.imagenet_class_ids()
     assert len(ids) == len(set(ids)) == 1000
     assert ids[0] == 'n01440764' and ids[-1] == 'n15075141'  # tench ... toilet tissue
+    names = predict.class_names(1000)
+    # Readable names line up with the synsets (well-known ImageNet indices).
+    assert names[0] == 'n01440764 tench, Tinca tinca'
+    assert names[207].startswith('n02099601 golden retriever')
+    assert names[999].startswith('n15075141 toilet tissue')
 
 
 def test_predict_matches_calling_the_model_directly(checkpoint, tmp_path, capsys):
@@ -51,7 +56,7 @@ def test_predict_matches_calling_the_model_directly(checkpoint, tmp_path, capsys
     # (The compiled apply is shared with run() only to save a second compile on 2 cores.)
     out, _ = predict.jitted_apply(model)(params, {}, jax.random.PRNGKey(0), batch, False)
     logits = np.asarray(out['logits'])
-    ids = predict.imagenet_class_ids()
+    ids = predict.class_names(1000)
     for row, got in zip(logits, results):
         top5 = np.argsort(-row)[:5]
         assert [name for name, _ in got] == [ids[i] for i in top5]
