@@ -225,3 +225,38 @@ def signal_metrics(x: jax.Array, index: int) -> dict[str, jax.Array]:
         f'avg_sq_mean_{index}': jnp.mean(jnp.mean(x, axis=(0, 1, 2)) ** 2),
         f'avg_var_{index}': jnp.mean(jnp.var(x, axis=(0, 1, 2))),
     }
+
+
+def residual_merge(branch: jax.Array, shortcut: jax.Array, alpha: float,
+                   stoch_depth: StochDepth | None, is_training: bool,
+                   skip_init: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """The end of every NF residual block: ``shortcut + alpha * skip_gain * drop(branch)``.
+
+    Creates the block's scalar ``skip_gain`` parameter (SkipInit; zero at init by default, so
+    each block starts as the identity on its shortcut) in the calling module. Also returns the
+    branch's average channel variance before stochastic depth, the ``res_avg_var`` metric.
+    """
+    res_avg_var = jnp.mean(jnp.var(branch.astype(jnp.float32), axis=(0, 1, 2)))
+    if stoch_depth is not None:
+        branch = stoch_depth(branch, is_training)
+    skip_gain = hk.get_parameter('skip_gain', (), jnp.float32,
+                                 init=hk.initializers.Constant(skip_init))
+    branch = branch * skip_gain.astype(branch.dtype)
+    return branch * jnp.asarray(alpha, branch.dtype) + shortcut, res_avg_var
+
+
+def run_blocks(blocks, x: jax.Array, is_training: bool, return_metrics: bool,
+               outputs: dict[str, jax.Array]) -> jax.Array:
+    """Applies residual ``blocks`` in order, adding per-block signal metrics to ``outputs``.
+
+    Index 0 of the metrics is the blocks' input (the stem output); block ``i`` adds
+    ``avg_sq_mean_{i+1}``, ``avg_var_{i+1}`` and ``res_avg_var_{i}``.
+    """
+    if return_metrics:
+        outputs.update(signal_metrics(x, 0))
+    for i, block in enumerate(blocks):
+        x, res_avg_var = block(x, is_training=is_training)
+        if return_metrics:
+            outputs.update(signal_metrics(x, i + 1))
+            outputs[f'res_avg_var_{i}'] = res_avg_var
+    return x

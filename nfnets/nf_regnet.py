@@ -88,12 +88,9 @@ class NFBlock(hk.Module):
         out = self.conv1(self.activation(out))
         out = (self.se(out) * 2) * out  # SE on the expanded width, before the projection.
         out = self.conv2(self.activation(out))
-        res_avg_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
-        if self.has_stochdepth:
-            out = self.stoch_depth(out, is_training)
-        skip_gain = hk.get_parameter('skip_gain', (), jnp.float32, init=jnp.zeros)
-        out = out * skip_gain.astype(out.dtype)
-        return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+        return layers.residual_merge(out, shortcut, self.alpha,
+                                     self.stoch_depth if self.has_stochdepth else None,
+                                     is_training)
 
     def count_macs(self, h: float, w: float) -> float:
         """Multiply-adds at input size ``h x w``, as the official ``NFBlock.count_flops``."""
@@ -161,13 +158,7 @@ class NFRegNet(hk.Module):
         check_images(x, TOTAL_STRIDE)
         outputs = {}
         out = self.initial_conv(x)
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training=is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         out = self.activation(self.final_conv(out))
         pool = jnp.mean(out, axis=(1, 2))
         outputs['pool'] = pool

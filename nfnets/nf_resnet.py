@@ -78,13 +78,9 @@ class NFResBlock(hk.Module):
         out = self.conv2(self.activation(out))
         if self.use_se:
             out = (self.se(out) * 2) * out
-        res_avg_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
-        if self.has_stochdepth:
-            out = self.stoch_depth(out, is_training)
-        skip_gain = hk.get_parameter('skip_gain', (), jnp.float32,
-                                     init=hk.initializers.Constant(self.skip_init))
-        out = out * skip_gain.astype(out.dtype)
-        return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+        return layers.residual_merge(out, shortcut, self.alpha,
+                                     self.stoch_depth if self.has_stochdepth else None,
+                                     is_training, skip_init=self.skip_init)
 
     def count_macs(self, h: float, w: float) -> float:
         """Multiply-adds at input size ``h x w`` (the official ``count_conv_flops`` rule).
@@ -156,13 +152,7 @@ class NFResNet(hk.Module):
         outputs = {}
         out = self.initial_conv(x)
         out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training=is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         pool = jnp.mean(self.activation(out), axis=(1, 2))
         outputs['pool'] = pool
         if is_training and self.drop_rate > 0.0:

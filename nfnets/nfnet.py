@@ -103,12 +103,9 @@ class NFBlock(hk.Module):
             out = self.conv1b(self.activation(out))
         out = self.conv2(self.activation(out))
         out = (self.se(out) * 2) * out  # x2 keeps the gate's expected scale near 1.
-        res_avg_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
-        if self.has_stochdepth:
-            out = self.stoch_depth(out, is_training)
-        skip_gain = hk.get_parameter('skip_gain', (), jnp.float32, init=jnp.zeros)
-        out = out * skip_gain.astype(out.dtype)
-        return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+        return layers.residual_merge(out, shortcut, self.alpha,
+                                     self.stoch_depth if self.has_stochdepth else None,
+                                     is_training)
 
     def count_macs(self, h: float, w: float) -> float:
         """Multiply-adds at input size ``h x w`` (official counting rules)."""
@@ -201,13 +198,7 @@ class NFNet(hk.Module):
             out = conv(out)
             if i < len(self.stem) - 1:
                 out = self.activation(out)
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training=is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         out = self.activation(self.final_conv(out))
         pool = jnp.mean(out, axis=(1, 2))
         outputs['pool'] = pool

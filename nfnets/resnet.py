@@ -193,13 +193,7 @@ class ResNet(_ResNetBase):
                 out = self.initial_bn(out, is_training)
             out = self.activation(out)
         out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         if self.preactivation:
             if self.norm == 'batchnorm':
                 out = self.final_bn(out, is_training)
@@ -269,13 +263,7 @@ class SkipInitResNet(_ResNetBase):
         outputs = {}
         out = self.initial_conv(x)
         out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         return self._head(self.activation(out), is_training, outputs)
 
 
@@ -347,13 +335,7 @@ class FixupResNet(_ResNetBase):
         out = self.initial_conv(x)
         out = self.activation(out + hk.get_parameter('bias1', (), jnp.float32, init=jnp.zeros))
         out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         out = out + hk.get_parameter('bias2', (), jnp.float32, init=jnp.zeros)
         return self._head(out, is_training, outputs)
 
@@ -496,13 +478,7 @@ class NFNetBN(hk.Module):
             out = conv(out, is_training)
             if i < len(self.stem) - 1:
                 out = self.activation(out)
-        if return_metrics:
-            outputs.update(layers.signal_metrics(out, 0))
-        for i, block in enumerate(self.blocks):
-            out, res_avg_var = block(out, is_training)
-            if return_metrics:
-                outputs.update(layers.signal_metrics(out, i + 1))
-                outputs[f'res_avg_var_{i}'] = res_avg_var
+        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         out = self.activation(self.final_conv(out, is_training))
         pool = jnp.mean(out, axis=(1, 2))
         outputs['pool'] = pool
