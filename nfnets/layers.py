@@ -5,6 +5,7 @@ bfloat16 activations gives mixed precision with float32 master weights (weight s
 itself runs in float32 before the cast).
 """
 
+import functools
 from collections.abc import Sequence
 
 import haiku as hk
@@ -69,19 +70,61 @@ def grouped_conv(x: jax.Array, w: jax.Array, stride: Sequence[int], padding: str
     return jnp.concatenate(outs, axis=3)
 
 
-def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.Array:
+def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4,
+                       grad_by_dot: bool = False) -> jax.Array:
     """Scaled weight standardization (NF-ResNet paper, eq. 5), fused as in the official code.
 
     ``w_hat = (w - mean) * rsqrt(max(var * fan_in, eps)) * gain`` with mean and variance per
     output unit over all but the last axis, so each unit has zero mean and variance
     ``gain^2 / fan_in``: a unit-variance input gives a unit-variance output.
+
+    ``grad_by_dot`` (the CPU strategy) keeps this forward but takes the gradient's per-unit sums
+    as vector-matrix products: XLA:CPU runs autodiff's sums over the major ``fan_in`` axis 4-6x
+    slower (0.3 s per F0 step for the final 1x1 conv alone). Same maths, float32 rounding.
     """
+    if grad_by_dot:
+        return _standardize_weight_dot_grad(w, gain, eps)
+    return _standardize_weight(w, gain, eps)
+
+
+def _standardize_weight(w: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
     axes = tuple(range(w.ndim - 1))
     fan_in = int(np.prod(w.shape[:-1]))
     mean = jnp.mean(w, axis=axes, keepdims=True)
     var = jnp.var(w, axis=axes, keepdims=True)
     scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
     return w * scale - mean * scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _standardize_weight_dot_grad(w: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
+    return _standardize_weight(w, gain, eps)
+
+
+def _ws_fwd(w, gain, eps):
+    return _standardize_weight(w, gain, eps), (w, gain)
+
+
+def _ws_bwd(eps, residuals, g):
+    """Closed-form WS gradient with every per-unit sum over ``fan_in`` done as a dot."""
+    w, gain = residuals
+    fan_in = int(np.prod(w.shape[:-1]))
+    w2, g2 = w.reshape(fan_in, -1), g.reshape(fan_in, -1)
+    average = jnp.full((fan_in,), 1.0 / fan_in, w.dtype)
+    centred = w2 - jnp.dot(average, w2)
+    var_n = jnp.dot(average, centred * centred) * fan_in
+    rstd = jax.lax.rsqrt(jnp.maximum(var_n, eps))
+    g_dot_centred = jnp.dot(average, g2 * centred) * fan_in  # sum over fan_in of g * (w - mean)
+    # d rsqrt(var * n) / d var = -n/2 rstd^3 (zero where the eps floor is active); then
+    # d var / d centred = 2 centred / n.
+    dvar_term = jnp.where(var_n > eps, -g_dot_centred * gain * rstd ** 3, 0.0)
+    d_centred = g2 * (gain * rstd) + centred * dvar_term
+    d_w = d_centred - jnp.dot(average, d_centred)
+    d_gain = g_dot_centred * rstd
+    return d_w.reshape(w.shape), d_gain.astype(gain.dtype)
+
+
+_standardize_weight_dot_grad.defvjp(_ws_fwd, _ws_bwd)
 
 
 class WSConv2D(hk.Module):
@@ -126,8 +169,9 @@ class WSConv2D(hk.Module):
         w = hk.get_parameter('w', w_shape, jnp.float32, init=w_init)
         gain = hk.get_parameter('gain', (self.output_channels,), jnp.float32, init=jnp.ones)
         bias = hk.get_parameter('bias', (self.output_channels,), jnp.float32, init=jnp.zeros)
-        weight = standardize_weight(w, gain, self.eps).astype(x.dtype)
         impl = self.grouped_conv_impl or default_grouped_conv_impl()
+        weight = standardize_weight(w, gain, self.eps,
+                                    grad_by_dot=impl == 'split').astype(x.dtype)
         out = grouped_conv(x, weight, self.stride, self.padding, self.feature_group_count, impl)
         return out + bias.astype(x.dtype)
 

@@ -34,6 +34,28 @@ def test_standardize_weight_eps_floor():
     assert np.all(np.isfinite(w_hat)) and np.allclose(w_hat, 0.0)
 
 
+@pytest.mark.parametrize('shape', [(3, 3, 16, 8), (1, 1, 64, 32)])
+def test_standardize_weight_grad_by_dot_matches_reductions(shape):
+    # The CPU strategy (gradient sums as dots) must give the reference's weights and gradients.
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(0.3, 2.0, size=shape), jnp.float32)
+    gain = jnp.asarray(rng.uniform(0.5, 2.0, size=shape[-1:]), jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    def loss(w, gain, by_dot):
+        return jnp.sum(layers.standardize_weight(w, gain, grad_by_dot=by_dot) * cotangent)
+
+    np.testing.assert_allclose(layers.standardize_weight(w, gain, grad_by_dot=True),
+                               layers.standardize_weight(w, gain), rtol=1e-5, atol=1e-6)
+    ref = jax.grad(loss, argnums=(0, 1))(w, gain, False)
+    by_dot = jax.grad(loss, argnums=(0, 1))(w, gain, True)
+    for got, want in zip(by_dot, ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # The eps floor applies the same way: a constant unit stays finite and zero.
+    flat = layers.standardize_weight(jnp.ones((1, 1, 4, 2)), jnp.ones((2,)), grad_by_dot=True)
+    assert np.all(np.isfinite(flat)) and np.allclose(flat, 0.0)
+
+
 def test_wsconv_matches_numpy_convolution():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 5, 3)).astype(np.float32)
