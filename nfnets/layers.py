@@ -271,6 +271,23 @@ def signal_metrics(x: jax.Array, index: int) -> dict[str, jax.Array]:
     }
 
 
+def pooled_shortcut(x: jax.Array, pre_activated: jax.Array, stride: int,
+                    projection: WSConv2D | None) -> jax.Array:
+    """The shortcut of an NFNet/NF-RegNet block (ResNet-D style).
+
+    Identity blocks pass ``x`` through. Transition blocks take the pre-activated input, 2x2
+    average-pool it when strided (so no input is skipped, unlike a strided 1x1 conv) and
+    project it with a 1x1 WS conv.
+    """
+    shortcut = pre_activated if (stride > 1 or projection is not None) else x
+    if stride > 1:
+        # The official 2x2 window (every NF block strides by 1 or 2).
+        shortcut = hk.avg_pool(shortcut, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
+                               padding='SAME')
+    if projection is not None:
+        shortcut = projection(shortcut)
+    return shortcut
+
 def residual_merge(branch: jax.Array, shortcut: jax.Array, alpha: float,
                    stoch_depth: StochDepth | None, is_training: bool,
                    skip_init: float = 0.0) -> tuple[jax.Array, jax.Array]:

@@ -88,15 +88,8 @@ class NFBlock(hk.Module):
     def __call__(self, x: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
         """Returns the block output and the residual branch's average channel variance."""
         out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
-        if self.stride > 1:
-            shortcut = hk.avg_pool(out, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
-                                   padding='SAME')
-            if self.use_projection:
-                shortcut = self.conv_shortcut(shortcut)
-        elif self.use_projection:
-            shortcut = self.conv_shortcut(out)
-        else:
-            shortcut = x
+        shortcut = layers.pooled_shortcut(
+            x, out, self.stride, self.conv_shortcut if self.use_projection else None)
         out = self.conv0(out)
         out = self.conv1(self.activation(out))
         if self.use_two_convs:
