@@ -321,3 +321,17 @@ def run_blocks(blocks, x: jax.Array, is_training: bool, return_metrics: bool,
             outputs.update(signal_metrics(x, i + 1))
             outputs[f'res_avg_var_{i}'] = res_avg_var
     return x
+
+
+def classifier_head(features: jax.Array, fc: Linear, drop_rate: float, is_training: bool,
+                    outputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Global average pool, dropout (training only), classifier; float32 logits.
+
+    Adds 'pool' (the pre-dropout features) and 'logits' to ``outputs`` and returns it.
+    """
+    pool = jnp.mean(features, axis=(1, 2))
+    outputs['pool'] = pool
+    if is_training and drop_rate > 0.0:
+        pool = hk.dropout(hk.next_rng_key(), drop_rate, pool)
+    outputs['logits'] = fc(pool).astype(jnp.float32)
+    return outputs

@@ -153,12 +153,7 @@ class NFRegNet(hk.Module):
         out = self.initial_conv(x)
         out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         out = self.activation(self.final_conv(out))
-        pool = jnp.mean(out, axis=(1, 2))
-        outputs['pool'] = pool
-        if is_training and self.drop_rate > 0.0:
-            pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-        outputs['logits'] = self.fc(pool).astype(jnp.float32)
-        return outputs
+        return layers.classifier_head(out, self.fc, self.drop_rate, is_training, outputs)
 
     def count_macs(self, h: float, w: float) -> float:
         """Multiply-adds of one image at ``h x w``, as the official ``count_flops``."""

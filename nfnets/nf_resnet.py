@@ -153,12 +153,8 @@ class NFResNet(hk.Module):
         out = self.initial_conv(x)
         out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
         out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
-        pool = jnp.mean(self.activation(out), axis=(1, 2))
-        outputs['pool'] = pool
-        if is_training and self.drop_rate > 0.0:
-            pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-        outputs['logits'] = self.fc(pool).astype(jnp.float32)
-        return outputs
+        return layers.classifier_head(self.activation(out), self.fc, self.drop_rate, is_training,
+                                      outputs)
 
     def count_macs(self, h: float, w: float) -> float:
         """Multiply-adds of one image at ``h x w`` (official per-conv rule, stem max pool kept)."""

@@ -86,12 +86,7 @@ class _ResNetBase(hk.Module):
         return macs + self.blocks[-1].out_ch * self.num_classes
 
     def _head(self, out: jax.Array, is_training: bool, outputs: dict) -> dict:
-        pool = jnp.mean(out, axis=(1, 2))
-        outputs['pool'] = pool
-        if is_training and self.drop_rate > 0.0:
-            pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-        outputs['logits'] = self.fc(pool).astype(jnp.float32)
-        return outputs
+        return layers.classifier_head(out, self.fc, self.drop_rate, is_training, outputs)
 
 
 class ResBlock(hk.Module):
@@ -480,12 +475,7 @@ class NFNetBN(hk.Module):
                 out = self.activation(out)
         out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
         out = self.activation(self.final_conv(out, is_training))
-        pool = jnp.mean(out, axis=(1, 2))
-        outputs['pool'] = pool
-        if is_training and self.drop_rate > 0.0:
-            pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-        outputs['logits'] = self.fc(pool).astype(jnp.float32)
-        return outputs
+        return layers.classifier_head(out, self.fc, self.drop_rate, is_training, outputs)
 
     def count_macs(self, h: float, w: float) -> float:
         macs, ch = 0.0, 3
