@@ -38,7 +38,9 @@ def test_standardize_weight_eps_floor():
 def test_standardize_weight_grad_by_dot_matches_reductions(shape):
     # The CPU strategy (gradient sums as dots) must give the reference's weights and gradients.
     rng = np.random.default_rng(2)
-    w = jnp.asarray(rng.normal(0.3, 2.0, size=shape), jnp.float32)
+    w = rng.normal(0.3, 2.0, size=shape)
+    w[..., 0] = 0.7  # a constant unit: the eps floor holds its variance, so its dvar term is 0
+    w = jnp.asarray(w, jnp.float32)
     gain = jnp.asarray(rng.uniform(0.5, 2.0, size=shape[-1:]), jnp.float32)
     cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
 
@@ -49,8 +51,15 @@ def test_standardize_weight_grad_by_dot_matches_reductions(shape):
                                layers.standardize_weight(w, gain), rtol=1e-5, atol=1e-6)
     ref = jax.grad(loss, argnums=(0, 1))(w, gain, False)
     by_dot = jax.grad(loss, argnums=(0, 1))(w, gain, True)
-    for got, want in zip(by_dot, ref):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for got, want in zip(by_dot, ref):  # the varying units, against autodiff
+        np.testing.assert_allclose(got[..., 1:], want[..., 1:], rtol=1e-4, atol=1e-5)
+    # The constant unit, against the closed form in float64: with the floor, w_hat = (w - mean)
+    # * gain / sqrt(eps), so dw = (G - mean(G)) gain / sqrt(eps) and dgain = 0 (up to the
+    # float32 rounding of w - mean, amplified by 1 / sqrt(eps)).
+    g0 = np.asarray(cotangent[..., 0], np.float64)
+    np.testing.assert_allclose(by_dot[0][..., 0], (g0 - g0.mean()) * float(gain[0]) / 1e-2,
+                               rtol=1e-4, atol=1e-4)
+    assert abs(float(by_dot[1][0])) < 1e-2 * float(jnp.median(jnp.abs(by_dot[1][1:])))
     # The eps floor applies the same way: a constant unit stays finite and zero.
     flat = layers.standardize_weight(jnp.ones((1, 1, 4, 2)), jnp.ones((2,)), grad_by_dot=True)
     assert np.all(np.isfinite(flat)) and np.allclose(flat, 0.0)
@@ -76,12 +85,16 @@ def test_wsconv_matches_numpy_convolution():
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('stride', [1, 2])
-def test_grouped_conv_strategies_agree(stride):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 16))
-    native, split = _conv_fn('native', stride=stride), _conv_fn('split', stride=stride)
+@pytest.mark.parametrize('stride,size,groups', [(1, 9, 4), (2, 9, 4), (2, 10, 4), (2, 10, 1),
+                                                (2, (10, 6), 1)])
+def test_grouped_conv_strategies_agree(stride, size, groups):
+    # Even sizes at stride 2 take the phase-split input gradient on the 'split' side.
+    h, w = (size, size) if isinstance(size, int) else size
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 16))
+    native = _conv_fn('native', groups=groups, stride=stride)
+    split = _conv_fn('split', groups=groups, stride=stride)
     params = native.init(jax.random.PRNGKey(1), x)
-    assert params['conv']['w'].shape == (3, 3, 4, 32)
+    assert params['conv']['w'].shape == (3, 3, 16 // groups, 32)
     np.testing.assert_allclose(native.apply(params, x), split.apply(params, x),
                                rtol=1e-5, atol=1e-5)
 
@@ -92,6 +105,24 @@ def test_grouped_conv_strategies_agree(stride):
     g_split = jax.grad(loss(split), argnums=(0, 1))(params, x)
     for a, b in zip(jax.tree_util.tree_leaves(g_native), jax.tree_util.tree_leaves(g_split)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+
+@pytest.mark.parametrize('size', [(2, 2), (8, 6), (12, 12)])
+def test_conv_by_phases_equals_strided_convolution(size):
+    # The four-phase decomposition against a NumPy stride-2 SAME correlation (pads 0 / 1).
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *size, 5))
+    k = rng.standard_normal((3, 3, 5, 7))
+    xp = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    ho, wo = size[0] // 2, size[1] // 2
+    expected = np.zeros((2, ho, wo, 7))
+    for i in range(ho):
+        for j in range(wo):
+            expected[:, i, j] = np.einsum('nhwc,hwco->no', xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3],
+                                          k)
+    got = layers._conv_by_phases(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_grouped_conv_default_and_override():
