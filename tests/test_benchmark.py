@@ -8,6 +8,7 @@ import pytest
 
 from experiments import benchmark
 from nfnets import layers, optim, registry
+from nfnets.counting import count_model_macs
 
 
 class _TinyNet(hk.Module):
@@ -85,3 +86,19 @@ def test_peak_flops_table():
     assert benchmark.device_peak_flops(cpu, 'float32', cpu_peak=1e12) == 1e12
     mem, what = benchmark.peak_memory_bytes(cpu)
     assert mem > 0 and 'RSS' in what
+
+
+def test_conv_peer_script_lists_every_f0_convolution():
+    # scripts/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's:
+    # the traced MACs minus the classifier (3072 x 1000) and the squeeze-excite linears
+    # (C x C/2 and back, per block: one 256, two 512, nine 1536 channels) leave exactly them.
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / 'scripts' / 'conv_layers_vs_torch.py'
+    spec = importlib.util.spec_from_file_location('conv_layers_vs_torch', path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = registry.create_model('nfnet_f0', num_classes=1000)
+    se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
+    assert script.conv_macs() == count_model_macs(model, 192) - 3072 * 1000 - se_macs
+    assert sum(count for *_, count in script.F0_CONVS) == 57  # F0's WSConv2D layers
