@@ -98,6 +98,10 @@ def _conv_by_phases(x: jax.Array, w: jax.Array) -> jax.Array:
             + conv(odd_even, w[1:2, 0::2]) + jnp.dot(odd_odd, w[1, 1]))
 
 
+def _stride2_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=_DN)
+
+
 @jax.custom_vjp
 def _strided_conv(x: jax.Array, w: jax.Array) -> jax.Array:
     """Stride-2 3x3 SAME convolution whose input gradient is taken by phases.
@@ -107,18 +111,17 @@ def _strided_conv(x: jax.Array, w: jax.Array) -> jax.Array:
     transposed convolutions of :func:`_conv_by_phases` (F0's stem_conv3: 41 vs 19 ms). The
     forward pass and the weight gradient stay XLA's strided convolution, which is faster there.
     """
-    return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=_DN)
+    return _stride2_conv(x, w)
 
 
 def _strided_conv_fwd(x, w):
-    return _strided_conv(x, w), (x, w)
+    return _stride2_conv(x, w), (x, w)
 
 
 def _strided_conv_bwd(residuals, g):
     x, w = residuals
     _, input_vjp = jax.vjp(lambda x: _conv_by_phases(x, w), x)
-    _, weight_vjp = jax.vjp(
-        lambda w: jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=_DN), w)
+    _, weight_vjp = jax.vjp(lambda w: _stride2_conv(x, w), w)
     return input_vjp(g)[0], weight_vjp(g)[0]
 
 
@@ -144,12 +147,18 @@ def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4,
 
 
 def _standardize_weight(w: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
+    return _standardize_with_moments(w, gain, eps)[0]
+
+
+def _standardize_with_moments(w: jax.Array, gain: jax.Array, eps: float
+                              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(w_hat, mean, var * fan_in)``, the moments per unit (keepdims)."""
     axes = tuple(range(w.ndim - 1))
     fan_in = int(np.prod(w.shape[:-1]))
     mean = jnp.mean(w, axis=axes, keepdims=True)
-    var = jnp.var(w, axis=axes, keepdims=True)
-    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
-    return w * scale - mean * scale
+    var_n = jnp.var(w, axis=axes, keepdims=True) * fan_in
+    scale = jax.lax.rsqrt(jnp.maximum(var_n, eps)) * gain
+    return w * scale - mean * scale, mean, var_n
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -158,12 +167,8 @@ def _standardize_weight_dot_grad(w: jax.Array, gain: jax.Array, eps: float) -> j
 
 
 def _ws_fwd(w, gain, eps):
-    axes = tuple(range(w.ndim - 1))
-    fan_in = int(np.prod(w.shape[:-1]))
-    mean = jnp.mean(w, axis=axes, keepdims=True)
-    var_n = jnp.var(w, axis=axes, keepdims=True) * fan_in
-    scale = jax.lax.rsqrt(jnp.maximum(var_n, eps)) * gain
-    return w * scale - mean * scale, (w, gain, mean.reshape(-1), var_n.reshape(-1))
+    w_hat, mean, var_n = _standardize_with_moments(w, gain, eps)
+    return w_hat, (w, gain, mean.reshape(-1), var_n.reshape(-1))
 
 
 def _column_means(x: jax.Array) -> jax.Array:
