@@ -51,8 +51,11 @@ def grouped_conv(x: jax.Array, w: jax.Array, stride: Sequence[int], padding: str
     """
     if impl == 'split' and groups == 1 and w.shape[:2] == (1, 1) and tuple(stride) == (1, 1):
         # A 1x1 convolution is a matrix product over channels; XLA:CPU runs its backward pass
-        # about 1.75x faster as a dot than as a convolution (same sums, same results).
-        return jnp.dot(x, w[0, 0])
+        # about 1.75x faster as a dot than as a convolution (same sums, same results). The
+        # product is taken on [N*H*W, C]: with the 4-D operand XLA transposes the activations
+        # to batch-minor layout for the weight gradient (34 vs 16 ms for F0's 48x48 128->256).
+        rows = jnp.dot(x.reshape(-1, x.shape[-1]), w[0, 0])
+        return rows.reshape(x.shape[:-1] + (w.shape[-1],))
     if groups == 1 or impl == 'native':
         if impl == 'split' and _phase_split_applies(x.shape, w.shape, stride, padding):
             return _strided_conv(x, w)
