@@ -85,7 +85,7 @@ def test_wsconv_matches_numpy_convolution():
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('stride,size,groups', [(1, 9, 4), (2, 9, 4), (2, 10, 4), (2, 10, 1),
+@pytest.mark.parametrize('stride,size,groups', [(1, 9, 4), (2, 9, 4), (2, 10, 4),
                                                 (2, (10, 6), 1)])
 def test_grouped_conv_strategies_agree(stride, size, groups):
     # Even sizes at stride 2 take the phase-split input gradient on the 'split' side.
