@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import nfnets
+from tests.model_helpers import eval_with_metrics, init_on_noise
 
 # torchvision resnet50 (post-activation, BN after every conv): weights metadata `num_params`
 # and `_ops` (GMACs of convs + fc at 224 px).
@@ -53,9 +54,7 @@ def test_sizes():
 
 def _tiny(name, **kwargs):
     model = nfnets.create_model(name, num_classes=10, **kwargs)
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
-    params, state = jax.jit(model.init)(jax.random.PRNGKey(1), x)
-    return model, params, state, x
+    return (model, *init_on_noise(model, batch=4))
 
 
 @pytest.mark.parametrize('name, kwargs', [
@@ -90,7 +89,7 @@ def test_batchnorm_train_and_eval_with_state(name, kwargs):
 def test_fixup_branches_start_at_zero_and_skipinit_blocks_are_identity():
     model, params, state, x = _tiny('fixup_resnet_26', width=0.25, stochdepth_rate=0.0)
     assert state == {}
-    out, _ = jax.jit(model.apply, static_argnums=(4, 5))(params, state, None, x, False, True)
+    out = eval_with_metrics(model, params, state, x)
     assert all(float(out[f'res_avg_var_{i}']) == 0.0 for i in range(8))  # zero-init conv2
     assert {k.split('/')[-1] for k in params if 'res_block' in k} == {
         'res_block', 'conv0', 'conv1', 'conv2', 'conv_shortcut'} | {
@@ -99,7 +98,7 @@ def test_fixup_branches_start_at_zero_and_skipinit_blocks_are_identity():
         'bias1a', 'bias1b', 'bias2a', 'bias2b', 'bias3a', 'bias3b', 'scale'}
 
     model, params, state, x = _tiny('skipinit_resnet_26', width=0.25, stochdepth_rate=0.0)
-    out, _ = jax.jit(model.apply, static_argnums=(4, 5))(params, state, None, x, False, True)
+    out = eval_with_metrics(model, params, state, x)
     for i in (2, 4, 6, 8):  # second block of each stage: zero skip gain -> identity
         assert float(out[f'avg_var_{i}']) == pytest.approx(float(out[f'avg_var_{i - 1}']),
                                                             rel=1e-6)

@@ -1,11 +1,11 @@
 """NF-RegNets B0-B8: the official variant table, sizes by closed form, names, shapes, init."""
 
-import jax
 import jax.numpy as jnp
 import pytest
 
 import nfnets
 from nfnets import counting
+from tests.model_helpers import eval_with_metrics, init_on_noise
 
 # Official release, nfnets/base.py `nf_regnet_params` (widths before the 0.75 multiplier of
 # experiment_nf_regnets.py), written out independently of nfnets/nf_regnet.py.
@@ -87,9 +87,8 @@ def test_official_module_names():
 
 def test_tiny_forward_zero_init_classifier():
     model = nfnets.create_model('nf_regnet_b0', num_classes=10, width=0.25)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-    params, state = jax.jit(model.init)(jax.random.PRNGKey(1), x)
-    out, _ = jax.jit(model.apply, static_argnums=(4, 5))(params, state, None, x, False, True)
+    params, state, x = init_on_noise(model)
+    out = eval_with_metrics(model, params, state, x)
     assert out['logits'].shape == (2, 10) and out['logits'].dtype == jnp.float32
     assert out['pool'].shape == (2, 1280 * 110 // 440)
     # The official classifier starts at zero, so every logit does.

@@ -1,13 +1,13 @@
 """NF-ResNets: sizes against torchvision's ResNets and a closed form, names, shapes, init."""
 
 import haiku as hk
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import nfnets
 from nfnets import counting, nf_resnet
+from tests.model_helpers import eval_with_metrics, init_on_noise
 
 # torchvision ResNet-50/101/152 (v1.5: stride on the 3x3 conv, strided 1x1 projection), from
 # the weights' metadata (`num_params`, `_ops` in GFLOPs = multiply-adds of convs and the fc at
@@ -82,9 +82,8 @@ def test_official_module_names():
 
 def test_tiny_forward_shapes_and_zero_init_gains():
     model = nfnets.create_model('nf_resnet_26', num_classes=10, width=0.25)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-    params, state = jax.jit(model.init)(jax.random.PRNGKey(1), x)
-    out, _ = jax.jit(model.apply, static_argnums=(4, 5))(params, state, None, x, False, True)
+    params, state, x = init_on_noise(model)
+    out = eval_with_metrics(model, params, state, x)
     assert out['logits'].shape == (2, 10) and out['logits'].dtype == jnp.float32
     assert out['pool'].shape == (2, 128)
     assert all(float(v['skip_gain']) == 0.0 for v in params.values() if 'skip_gain' in v)

@@ -8,6 +8,7 @@ import pytest
 
 import nfnets
 from nfnets import counting, nfnet
+from tests.model_helpers import eval_with_metrics, init_on_noise
 
 # Paper Table 3 / official release: (params, GMACs at test res, GMACs at train res).
 PAPER_TABLE = {
@@ -136,9 +137,8 @@ def test_signal_propagation_at_init():
 
 def test_return_metrics_lists_every_block():
     model = tiny()
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-    params, state = jax.jit(model.init)(jax.random.PRNGKey(1), x)
-    out, _ = jax.jit(model.apply, static_argnums=(4, 5))(params, state, None, x, False, True)
+    params, state, x = init_on_noise(model)
+    out = eval_with_metrics(model, params, state, x)
     assert {f'avg_var_{i}' for i in range(13)} <= set(out)
     assert {f'res_avg_var_{i}' for i in range(12)} <= set(out)
     # Zero-init skip gains: the non-transition blocks pass their input through unchanged.
