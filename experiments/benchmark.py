@@ -11,6 +11,11 @@ known). It then times the same architecture with BatchNorm in place of weight st
   python -m experiments.benchmark                                  # F0, batch 8, 192/256 px
   python -m experiments.benchmark --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
   python -m experiments.benchmark --compare_bn=false --steps=3
+  python -m experiments.benchmark --dtype=bfloat16 --max_batch     # + the largest batch that fits
+
+``--max_batch`` compiles the step at two batch sizes, fits XLA's planned bytes as
+``fixed + per_image * batch``, and times the largest multiple of 8 that fits the device's
+allocator limit (``--memory_gib`` elsewhere), stepping down if it still runs out of memory.
 
 Steps are dispatched back to back with donated buffers; the host waits (block_until_ready)
 only once, after the last timed step, so the figure includes no host syncs.
@@ -154,13 +159,10 @@ def _timed_loop(fn: Callable, carry: Any, args: tuple, steps: int
     return carry, time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
-                    steps: int = 5, warmup: int = 1, repeats: int = 1, seed: int = 0,
-                    opt_config=None) -> Timing:
-    """Compiles and times the training step; returns the median seconds per step.
-
-    ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
-    """
+def _compiled_train_step(model, *, batch_size: int, image_size: int, dtype: Any,
+                         seed: int, opt_config, compiler_options: dict | None = None
+                         ) -> tuple[Any, tuple, tuple, float]:
+    """Builds the train state and compiles the step: ``(compiled, train_state, batch, secs)``."""
     opt_config = opt_config or optim.default_config()
     rng = jax.random.PRNGKey(seed)
     images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
@@ -171,17 +173,92 @@ def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp
     ema_params = jax.tree_util.tree_map(jnp.copy, params)
     train_state = (params, state, tx.init(params), ema_params, jnp.zeros((), jnp.int32), rng)
     start = time.perf_counter()
-    compiled = step.lower(train_state, images, labels).compile()
-    compile_seconds = time.perf_counter() - start
+    compiled = step.lower(train_state, images, labels).compile(compiler_options)
+    return compiled, train_state, (images, labels), time.perf_counter() - start
+
+
+def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
+                    steps: int = 5, warmup: int = 1, repeats: int = 1, seed: int = 0,
+                    opt_config=None) -> Timing:
+    """Compiles and times the training step; returns the median seconds per step.
+
+    ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
+    """
+    compiled, train_state, batch, compile_seconds = _compiled_train_step(
+        model, batch_size=batch_size, image_size=image_size, dtype=dtype, seed=seed,
+        opt_config=opt_config)
     for _ in range(warmup):
-        train_state, _, _ = _timed_loop(compiled, train_state, (images, labels), 1)
+        train_state, _, _ = _timed_loop(compiled, train_state, batch, 1)
     times, cpu_times = [], []
     for _ in range(repeats):
-        train_state, seconds, cpu = _timed_loop(compiled, train_state, (images, labels), steps)
+        train_state, seconds, cpu = _timed_loop(compiled, train_state, batch, steps)
         times.append(seconds / steps)
         cpu_times.append(cpu / steps)
     return Timing('train', batch_size, image_size, float(np.median(times)), compile_seconds,
                   times, float(np.median(cpu_times)))
+
+
+def planned_train_step_bytes(model, *, batch_size: int, image_size: int,
+                             dtype: Any = jnp.float32, opt_config=None) -> int:
+    """Device bytes XLA plans for one training step (compiled, not run).
+
+    Arguments plus outputs not aliased to a donated argument plus temporaries: the train state,
+    the batch, and the activations kept for the backward pass. On GPU the probe compiles
+    without convolution autotuning, which takes most of the compile time and does not change
+    which buffers the step keeps.
+    """
+    options = {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
+    compiled, *_ = _compiled_train_step(model, batch_size=batch_size, image_size=image_size,
+                                        dtype=dtype, seed=0, opt_config=opt_config,
+                                        compiler_options=options)
+    stats = compiled.memory_analysis()
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+@dataclasses.dataclass
+class BatchFit:
+    """A linear fit of planned training-step bytes against the batch size."""
+
+    fixed_bytes: float      # train state (params, momentum, EMA) and batch-independent buffers
+    bytes_per_image: float  # activations and their gradients per image
+
+    def largest_batch(self, memory_bytes: float, multiple: int = 8) -> int:
+        """The largest multiple of ``multiple`` whose planned bytes fit in ``memory_bytes``."""
+        fitting = int((memory_bytes - self.fixed_bytes) // self.bytes_per_image)
+        return max(fitting // multiple * multiple, 0)
+
+
+def fit_train_memory(model, *, image_size: int, dtype: Any = jnp.float32,
+                     probe_batches: tuple[int, int] = (64, 256)) -> BatchFit:
+    """Planned step bytes at two batch sizes, as ``fixed + per_image * batch``.
+
+    XLA's buffer assignment is linear in the batch for a fixed graph, so two compilations
+    predict the largest batch without trying (and failing) to run larger ones.
+    """
+    small, large = probe_batches
+    if not 0 < small < large:
+        raise ValueError(f'probe_batches must be two increasing sizes, got {probe_batches}.')
+    bytes_small, bytes_large = (
+        planned_train_step_bytes(model, batch_size=b, image_size=image_size, dtype=dtype)
+        for b in probe_batches)
+    per_image = (bytes_large - bytes_small) / (large - small)
+    if per_image <= 0:
+        raise ValueError(f'Planned bytes did not grow with the batch ({bytes_small} at {small}, '
+                         f'{bytes_large} at {large}).')
+    return BatchFit(fixed_bytes=bytes_small - per_image * small, bytes_per_image=per_image)
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    """Whether ``error`` is XLA's allocation failure (compile- or run-time)."""
+    text = str(error)
+    return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
+
+
+def device_memory_bytes(device: jax.Device) -> int | None:
+    """Bytes the device's allocator may hand out (``bytes_limit``), None where unknown."""
+    stats = device.memory_stats() or {}
+    return int(stats['bytes_limit']) if 'bytes_limit' in stats else None
 
 
 def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
@@ -206,6 +283,32 @@ def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.
         cpu_times.append(cpu / steps)
     return Timing('eval', batch_size, image_size, float(np.median(times)), compile_seconds,
                   times, float(np.median(cpu_times)))
+
+
+def time_largest_batch(model, *, image_size: int, dtype: Any, memory_bytes: float,
+                       multiple: int = 8, tries: int = 4, **timing_kwargs
+                       ) -> tuple[BatchFit, Timing]:
+    """Times the training step at the largest batch that fits in ``memory_bytes``.
+
+    The batch comes from :func:`fit_train_memory`; if running it still fails for memory (the
+    allocator's fragmentation and the convolution workspaces are not in XLA's plan), it steps
+    down 5% at a time.
+    """
+    fit = fit_train_memory(model, image_size=image_size, dtype=dtype)
+    batch = fit.largest_batch(memory_bytes, multiple)
+    for _ in range(tries):
+        if batch <= 0:
+            break
+        try:
+            return fit, time_train_step(model, batch_size=batch, image_size=image_size,
+                                        dtype=dtype, **timing_kwargs)
+        except Exception as error:  # jax's XlaRuntimeError, raised at compile or run time
+            if not is_out_of_memory(error):
+                raise
+            logging.warning('Batch %d ran out of memory; trying a smaller one.', batch)
+            batch = int(batch * 0.95) // multiple * multiple
+    raise RuntimeError(f'No batch fits in {memory_bytes / 2**30:.1f} GiB '
+                       f'(fit: {fit}).')
 
 
 def train_flops_per_image(model, image_size: int) -> float:
@@ -249,6 +352,10 @@ _EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
 _GROUPED = flags.DEFINE_enum('grouped_conv_impl', None, list(layers.GROUPED_CONV_IMPLS),
                              'Grouped-conv strategy (default: per backend).')
 _WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
+_MAX_BATCH = flags.DEFINE_bool('max_batch', False,
+                                'Also time the train step at the largest batch that fits.')
+_MEMORY_GIB = flags.DEFINE_float('memory_gib', None,
+                                 'Memory for --max_batch (default: the device allocator limit).')
 _CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', None,
                                'Peak GFLOP/s of this CPU, to report an MFU on CPU.')
 
@@ -298,10 +405,32 @@ def main(argv):
                                     dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
                                     repeats=_REPEATS.value)
             print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
+    if _MAX_BATCH.value:
+        _report_largest_batch(nfnets.create_model(names[0], num_classes=1000, **kwargs),
+                              device, dtype, peak)
     if len(train_times) == 2:
         ws, bn = (train_times[n] for n in names)
         print(f'train step time {names[0]} / {names[1]}: {ws / bn:.3f} '
               f'({1e3 * ws:.1f} vs {1e3 * bn:.1f} ms; paper on TPU: 73.3 vs 111.7 ms = 0.656)')
+
+
+
+def _report_largest_batch(model, device: jax.Device, dtype: Any, peak: float | None) -> None:
+    """Prints the memory fit and the train-step timing at the largest batch that fits."""
+    memory = _MEMORY_GIB.value * 2**30 if _MEMORY_GIB.value else device_memory_bytes(device)
+    if memory is None:
+        raise app.UsageError(f'--max_batch: {device.platform} reports no memory limit; '
+                             f'pass --memory_gib.')
+    train_size = _IMAGE.value or model.train_imsize
+    fit, timing = time_largest_batch(
+        model, image_size=train_size, dtype=dtype, memory_bytes=memory,
+        steps=_STEPS.value, warmup=_WARMUP.value, repeats=_REPEATS.value)
+    print(f'{model.name} memory plan at {train_size}px: {fit.fixed_bytes / 2**30:.2f} GiB fixed '
+          f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {memory / 2**30:.1f} GiB '
+          f'available -> largest batch {fit.largest_batch(memory)}')
+    print(model.name, 'largest', report(timing, train_flops_per_image(model, train_size), peak))
+    mem, what = peak_memory_bytes(device)
+    print(f'{model.name} peak memory after the largest batch ({what}): {mem / 2**30:.2f} GiB')
 
 
 if __name__ == '__main__':

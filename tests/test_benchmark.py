@@ -102,3 +102,28 @@ def test_conv_peer_script_lists_every_f0_convolution():
     se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
     assert script.conv_macs() == count_model_macs(model, 192) - 3072 * 1000 - se_macs
     assert sum(count for *_, count in script.F0_CONVS) == 57  # F0's WSConv2D layers
+
+
+def test_batch_fit_largest_batch_closed_form():
+    fit = benchmark.BatchFit(fixed_bytes=2 * 2**30, bytes_per_image=100 * 2**20)
+    # (10 GiB - 2 GiB) / 100 MiB = 81.92 images -> 81, rounded down to a multiple of 8.
+    assert fit.largest_batch(10 * 2**30) == 80
+    assert fit.largest_batch(10 * 2**30, multiple=1) == 81
+    assert fit.largest_batch(1 * 2**30) == 0
+
+
+def test_memory_fit_is_linear_in_the_batch():
+    model = _tiny()
+    fit = benchmark.fit_train_memory(model, image_size=16, probe_batches=(4, 8))
+    planned = benchmark.planned_train_step_bytes(model, batch_size=12, image_size=16)
+    assert fit.bytes_per_image > 0 and fit.fixed_bytes > 0
+    # A third batch size lands on the line through the two probes (XLA may pad buffers).
+    assert planned == pytest.approx(fit.fixed_bytes + 12 * fit.bytes_per_image, rel=0.05)
+    with pytest.raises(ValueError, match='increasing'):
+        benchmark.fit_train_memory(model, image_size=16, probe_batches=(8, 4))
+
+
+def test_out_of_memory_errors_are_recognised():
+    assert benchmark.is_out_of_memory(RuntimeError('RESOURCE_EXHAUSTED: Out of memory while '
+                                                   'trying to allocate 1.2GiB'))
+    assert not benchmark.is_out_of_memory(ValueError('shapes do not match'))
