@@ -9,10 +9,14 @@ not the project's venv:
   python3.11 -m venv /work/torchenv && /work/torchenv/bin/pip install torch timm
   /work/torchenv/bin/python scripts/benchmark_timm.py --batch_size=8 --image_size=192
 
-Prints one line per measurement, ``timm <train|eval> ... img/s``, plus peak host memory.
+On a GPU, ``--device=cuda --dtype=bfloat16 --channels_last`` is timm's usual mixed-precision
+setup (autocast, fp32 master weights); the timer then synchronizes the device around each loop.
+
+Prints one line per measurement, ``timm <train|eval> ... img/s``, plus peak memory.
 """
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -31,19 +35,28 @@ def _parse() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--no_eval', action='store_true')
     parser.add_argument('--no_train', action='store_true')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda.')
+    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                        help='bfloat16: autocast activations, float32 weights.')
+    parser.add_argument('--channels_last', action='store_true', help='NHWC memory format.')
     return parser.parse_args()
 
 
-def _median_step_seconds(fn, steps: int, warmup: int, repeats: int
+def _median_step_seconds(fn, steps: int, warmup: int, repeats: int, sync=lambda: None
                          ) -> tuple[float, list, float]:
-    """Median wall seconds per step, the per-repeat list, and median process CPU s per step."""
+    """Median wall seconds per step, the per-repeat list, and median process CPU s per step.
+
+    ``sync`` waits for the device (CUDA runs asynchronously), before and after each loop.
+    """
     for _ in range(warmup):
         fn()
     times, cpu_times = [], []
     for _ in range(repeats):
+        sync()
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             fn()
+        sync()
         times.append((time.perf_counter() - start) / steps)
         cpu_times.append((time.process_time() - cpu_start) / steps)
     return statistics.median(times), times, statistics.median(cpu_times)
@@ -57,9 +70,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = timm.create_model(args.model, pretrained=False, num_classes=1000)
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, '
+    model = model.to(device=device, memory_format=memory_format)
+    on_cuda = device.type == 'cuda'
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    if args.dtype == 'bfloat16':
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext
+    name = torch.cuda.get_device_name() if on_cuda else 'cpu'
+    print(f'torch {torch.__version__}, timm {timm.__version__}, {name}, {args.dtype}, '
+          f'{args.threads} threads, '
           f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params')
+    images_like = lambda size: torch.randn(args.batch_size, 3, size, size, device=device
+                                           ).contiguous(memory_format=memory_format)
 
     if not args.no_train:
         model.train()
@@ -70,22 +96,23 @@ def main() -> None:
                               lr=0.1 * args.batch_size / 256, momentum=0.9, nesterov=True)
         ema = ModelEmaV3(model, decay=0.99999)
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-        images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-        labels = torch.randint(0, 1000, (args.batch_size,))
+        images = images_like(args.image_size)
+        labels = torch.randint(0, 1000, (args.batch_size,), device=device)
         head = model.get_classifier()
         clipped = [p for p in model.parameters()
                    if all(p is not q for q in head.parameters())]
 
         def train_step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(images), labels)
+            with autocast():
+                loss = loss_fn(model(images), labels)
             loss.backward()
             adaptive_clip_grad(clipped, clip_factor=0.01, eps=1e-3)
             opt.step()
             ema.update(model)
 
         seconds, times, cpu = _median_step_seconds(train_step, args.steps, args.warmup,
-                                                    args.repeats)
+                                                    args.repeats, sync)
         print(f'timm train batch {args.batch_size} at {args.image_size}px: '
               f'{args.batch_size / seconds:.3f} img/s, {1e3 * seconds:.1f} ms/step, '
               f'CPU {cpu:.2f} s/step '
@@ -93,14 +120,14 @@ def main() -> None:
 
     if not args.no_eval:
         model.eval()
-        images = torch.randn(args.batch_size, 3, args.eval_image_size, args.eval_image_size)
+        images = images_like(args.eval_image_size)
 
         def eval_step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(images)
 
         seconds, times, cpu = _median_step_seconds(eval_step, args.steps, args.warmup,
-                                                   args.repeats)
+                                                   args.repeats, sync)
         print(f'timm eval  batch {args.batch_size} at {args.eval_image_size}px: '
               f'{args.batch_size / seconds:.3f} img/s, {1e3 * seconds:.1f} ms/step, '
               f'CPU {cpu:.2f} s/step '
@@ -108,6 +135,8 @@ def main() -> None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f'timm peak host RSS: {peak:.2f} GiB')
+    if on_cuda:
+        print(f'timm peak device memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# NFNet-F0 training and eval speed on one NVIDIA GPU, with timm's dm_nfnet_f0 as the peer.
+#
+#   OUT=/tmp/gpu_bench bash scripts/gpu_benchmark.sh
+#
+# In order, each step bounded in time so that a slow one cannot starve the rest (STEPS picks
+# some, e.g. STEPS="3 4"; on an H200 steps 1-2 took 4.5 min, mostly compiling, and step 3
+# needs more than the 5 min it was given twice, the probes and the final batch compiling anew):
+#   1. nfnets (experiments.benchmark): bf16 training step at the paper's per-device batch 32
+#      (192 px) and eval at 256 px, then the same for the BatchNorm twin (the WS/BN ratio);
+#   2. timm dm_nfnet_f0, bf16 autocast, channels-last, same batch and resolutions;
+#   3. nfnets at the largest batch that fits (XLA's memory plan at two batches, then run);
+#   4. timm at that batch.
+# Logs go to $OUT. Wheels in .whl/ (dm-haiku, jmp, ml_collections for an image that has jax
+# but not them) are installed to /tmp/site first. Needs jax with CUDA; step 2 needs torch+timm.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_benchmark}
+MODEL=${MODEL:-nfnet_f0}
+BATCH=${BATCH:-32}
+PYTHON=${PYTHON:-python3}
+TORCH_PYTHON=${TORCH_PYTHON:-$PYTHON}
+EXTRA=${EXTRA:-}            # more experiments.benchmark flags (--width=0.125 for a smoke run)
+TIMM_EXTRA=${TIMM_EXTRA:-}  # more scripts/benchmark_timm.py flags
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+# The allocator may take 95% of the card (JAX's default is 75%); compiled programs are cached
+# on disk so that the memory probes and reruns reuse the batch-32 compilation.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/nfnets_jax_cache}
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+  2>&1 | tee "$OUT/gpu.txt"
+"$PYTHON" -c "import jax, haiku, optax, nfnets; print('jax', jax.__version__, jax.devices())" \
+  2>&1 | tee "$OUT/versions.txt" || exit 1
+
+bench=("$PYTHON" -m experiments.benchmark --model="$MODEL" --dtype=bfloat16 --steps=20
+       --repeats=3 $EXTRA)
+timm_bench=("$TORCH_PYTHON" scripts/benchmark_timm.py --model="dm_$MODEL" --dtype=bfloat16
+            --channels_last --steps=20 --repeats=3 --device="${TORCH_DEVICE:-cuda}" $TIMM_EXTRA)
+
+STEPS=${STEPS:-1 2 3 4}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+if step 1; then
+  timeout 240 "${bench[@]}" --batch_size="$BATCH" 2>&1 | tee "$OUT/nfnets_batch$BATCH.log"
+fi
+if step 2; then
+  timeout 90 "${timm_bench[@]}" --batch_size="$BATCH" 2>&1 | tee "$OUT/timm_batch$BATCH.log"
+fi
+if step 3; then
+  timeout 540 "${bench[@]}" --batch_size="$BATCH" --max_batch --compare_bn=false --eval=false \
+    2>&1 | tee "$OUT/nfnets_max_batch.log"
+fi
+largest=$(grep -so 'largest batch [0-9]*' "$OUT/nfnets_max_batch.log" | grep -o '[0-9]*$')
+if step 4 && [ -n "$largest" ]; then
+  timeout 80 "${timm_bench[@]}" --batch_size="$largest" --no_eval 2>&1 \
+    | tee "$OUT/timm_batch$largest.log"
+fi
+echo "== summary"
+grep -h "img/s\|ratio\|/ nfnet\|largest batch\|peak" "$OUT"/*.log
