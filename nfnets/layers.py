@@ -47,7 +47,7 @@ def grouped_conv(x: jax.Array, w: jax.Array, stride: Sequence[int], padding: str
     """NHWC x HWIO convolution with ``groups`` groups, by either strategy (same numbers).
 
     ``'split'`` (the CPU strategy) also lowers ungrouped stride-1 1x1 convolutions to a dot and
-    takes the input gradient of stride-2 3x3 convolutions by phases (:func:`_strided_conv`).
+    takes the gradients of other dense convolutions in faster forms (:func:`_dense_conv`).
     """
     if impl == 'split' and groups == 1 and w.shape[:2] == (1, 1) and tuple(stride) == (1, 1):
         # A 1x1 convolution is a matrix product over channels; XLA:CPU runs its backward pass
@@ -56,9 +56,9 @@ def grouped_conv(x: jax.Array, w: jax.Array, stride: Sequence[int], padding: str
         # to batch-minor layout for the weight gradient (34 vs 16 ms for F0's 48x48 128->256).
         rows = jnp.dot(x.reshape(-1, x.shape[-1]), w[0, 0])
         return rows.reshape(x.shape[:-1] + (w.shape[-1],))
-    if groups == 1 or impl == 'native':
-        if impl == 'split' and _phase_split_applies(x.shape, w.shape, stride, padding):
-            return _strided_conv(x, w)
+    if impl == 'split' and groups == 1:
+        return _dense_conv(x, w, tuple(stride), padding)
+    if impl == 'native':
         return jax.lax.conv_general_dilated(
             x, w, window_strides=tuple(stride), padding=padding, dimension_numbers=_DN,
             feature_group_count=groups)
@@ -101,34 +101,102 @@ def _conv_by_phases(x: jax.Array, w: jax.Array) -> jax.Array:
             + conv(odd_even, w[1:2, 0::2]) + jnp.dot(odd_odd, w[1, 1]))
 
 
-def _stride2_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=_DN)
+def _xla_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: str) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_DN)
 
 
-@jax.custom_vjp
-def _strided_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """Stride-2 3x3 SAME convolution whose input gradient is taken by phases.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: str
+                ) -> jax.Array:
+    """A dense convolution with its gradients in the forms XLA:CPU runs fastest.
 
-    XLA:CPU computes a strided convolution's input gradient as a convolution over the
-    zero-dilated output gradient, in a generic kernel 2-2.5x slower than the four stride-1
-    transposed convolutions of :func:`_conv_by_phases` (F0's stem_conv3: 41 vs 19 ms). The
-    forward pass and the weight gradient stay XLA's strided convolution, which is faster there.
+    The forward pass is XLA's convolution. At stride 1 the weight gradient is one matrix
+    product per kernel tap (:func:`_weight_grad_by_taps`): XLA's own weight-gradient
+    convolution runs at a third to a sixth of the speed of the forward convolution there. The
+    input gradient of a stride-2 3x3 SAME convolution is taken by phases
+    (:func:`_conv_by_phases`; XLA's runs over the zero-dilated output gradient, 2-2.5x slower);
+    other input gradients are XLA's.
     """
-    return _stride2_conv(x, w)
+    return _xla_conv(x, w, stride, padding)
 
 
-def _strided_conv_fwd(x, w):
-    return _stride2_conv(x, w), (x, w)
+def _dense_conv_fwd(x, w, stride, padding):
+    return _xla_conv(x, w, stride, padding), (x, w)
 
 
-def _strided_conv_bwd(residuals, g):
+def _dense_conv_bwd(stride, padding, residuals, g):
     x, w = residuals
-    _, input_vjp = jax.vjp(lambda x: _conv_by_phases(x, w), x)
-    _, weight_vjp = jax.vjp(lambda w: _stride2_conv(x, w), w)
-    return input_vjp(g)[0], weight_vjp(g)[0]
+    if _phase_split_applies(x.shape, w.shape, stride, padding):
+        _, input_vjp = jax.vjp(lambda x: _conv_by_phases(x, w), x)
+    else:
+        _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, stride, padding), x)
+    if stride == (1, 1) and _taps_pay_off(x.shape, g.shape):
+        weight_grad = _weight_grad_by_taps(x, g, w.shape, padding).astype(w.dtype)
+    elif (_phase_split_applies(x.shape, w.shape, stride, padding)
+          and _taps_pay_off(x.shape, g.shape)):
+        weight_grad = _weight_grad_by_phases(x, g).astype(w.dtype)
+    else:
+        weight_grad = jax.vjp(lambda w: _xla_conv(x, w, stride, padding), w)[1](g)[0]
+    return input_vjp(g)[0], weight_grad
 
 
-_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
+
+
+def _weight_grad_by_phases(x: jax.Array, g: jax.Array) -> jax.Array:
+    """``dL/dw`` of a stride-2 3x3 SAME convolution from its four input phases.
+
+    Tap ``(i, j)`` reads phase ``(i % 2, j % 2)`` of the input (padded 0 before, 1 after) at
+    offset ``(i // 2, j // 2)``, as in :func:`_conv_by_phases`; so each phase holds a stride-1
+    VALID correlation with a 2x2, 2x1, 1x2 or 1x1 kernel, whose gradient
+    :func:`_weight_grad_by_taps` takes.
+    """
+    cin, cout = x.shape[3], g.shape[3]
+    ho, wo = g.shape[1:3]
+    x_pad = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))
+    blocks = {}
+    for a in (0, 1):
+        for b in (0, 1):
+            kh, kw = 2 - a, 2 - b  # even phases serve taps 0 and 2, odd ones tap 1
+            phase = x_pad[:, a::2, b::2][:, :ho + kh - 1, :wo + kw - 1]
+            blocks[a, b] = _weight_grad_by_taps(phase, g, (kh, kw, cin, cout), 'VALID')
+    return jnp.stack([jnp.stack([blocks[i % 2, j % 2][i // 2, j // 2] for j in range(3)])
+                      for i in range(3)])
+
+
+def _taps_pay_off(x_shape: Sequence[int], g_shape: Sequence[int]) -> bool:
+    """Where the per-tap weight gradient beat XLA's on a 2-core AVX-512 CPU (F0's layers).
+
+    At 96x96 (32 channels in) and 48x48 it took 0.7-0.8x XLA's time; at 24x24 and below,
+    where XLA's weight-gradient convolution is efficient, 1.2-2x (scripts/conv_layers_vs_torch).
+    """
+    return g_shape[1] * g_shape[2] >= 48 * 48 and x_shape[3] >= 32
+
+
+def _weight_grad_by_taps(x: jax.Array, g: jax.Array, w_shape: Sequence[int], padding: str
+                         ) -> jax.Array:
+    """``dL/dw`` of a stride-1 NHWC x HWIO convolution as one matrix product per kernel tap.
+
+    Flattened over the padded grid (``[N*Hp*Wp, C]``), tap ``(i, j)`` pairs the input row
+    ``q + i*Wp + j`` with the output gradient placed at row ``q``; outside the output window
+    that gradient is zero, so the shift never mixes images. Each tap is then a plain
+    ``[rows, C]^T @ [rows, O]`` GEMM on a contiguous row block, which XLA:CPU runs 2-3x faster
+    than its weight-gradient convolution at 48x48 and 96x96. (Concatenating the shifted copies
+    into one patch matrix is slower still: XLA:CPU's concatenation runs at under 2 GB/s.)
+    """
+    kh, kw, cin, cout = w_shape
+    n, ho, wo, _ = g.shape
+    pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
+    x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    hp, wp = x_pad.shape[1:3]
+    x_rows = x_pad.reshape(n * hp * wp, cin)
+    g_rows = jnp.pad(g, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(n * hp * wp, cout)
+    rows = n * hp * wp - (kh - 1) * wp - (kw - 1)  # the last output row's reach
+    contract_rows = (((0,), (0,)), ((), ()))
+    taps = [jax.lax.dot_general(x_rows[i * wp + j:i * wp + j + rows], g_rows[:rows],
+                                contract_rows)
+            for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
 def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4,

@@ -146,9 +146,19 @@ def test_split_strategy_lowers_to_dense_convs():
         f = _conv_fn(impl)
         params = f.init(jax.random.PRNGKey(0), x)
         jaxpr = jax.make_jaxpr(f.apply)(params, x)
-        groups = {eqn.params['feature_group_count'] for eqn in jaxpr.jaxpr.eqns
+        groups = {eqn.params['feature_group_count'] for eqn in _all_eqns(jaxpr.jaxpr)
                   if eqn.primitive.name == 'conv_general_dilated'}
         assert groups == expected_groups, impl
+
+
+def _all_eqns(jaxpr):
+    """Every equation of ``jaxpr``, including those inside custom_vjp and other sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, 'jaxpr', None)
+            if inner is not None and hasattr(inner, 'eqns'):
+                yield from _all_eqns(inner)
 
 
 def test_wsconv_bfloat16_keeps_float32_params():
@@ -188,3 +198,38 @@ def test_stochastic_depth_only_when_training():
 def test_stochastic_depth_rate_validated():
     with pytest.raises(ValueError, match='drop_rate'):
         hk.transform(lambda: layers.StochDepth(1.0)).init(None)
+
+
+@pytest.mark.parametrize('stride,size,padding', [(1, (48, 48), 'SAME'), (1, (50, 48), 'VALID'),
+                                                 (2, (96, 96), 'SAME')])
+def test_dense_conv_tap_weight_gradients_match_autodiff(stride, size, padding):
+    # Sizes at which the split strategy takes the weight gradient per kernel tap (stride 1) or
+    # per input phase (stride 2), against autodiff of XLA's convolution.
+    assert layers._taps_pay_off((2, *size, 32), (2, size[0] // stride, size[1] // stride, 8))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 32))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 8)) * 0.1
+    strides = (stride, stride)
+    reference = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    ours = lambda x, w: layers._dense_conv(x, w, strides, padding)
+    out, ref_vjp = jax.vjp(reference, x, w)
+    g = jax.random.normal(jax.random.PRNGKey(2), out.shape)
+    np.testing.assert_allclose(ours(x, w), out, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(jax.vjp(ours, x, w)[1](g), ref_vjp(g)):
+        scale = float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_weight_grad_by_phases_against_numpy():
+    # Independent oracle: dL/dw[i, j] = sum over outputs of x_pad[2h + i, 2w + j] * g[h, w].
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 6, 3))
+    g = rng.standard_normal((2, 4, 3, 5))
+    x_pad = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    expected = np.zeros((3, 3, 3, 5))
+    for i in range(3):
+        for j in range(3):
+            window = x_pad[:, i:i + 8:2, j:j + 6:2]
+            expected[i, j] = np.einsum('nhwc,nhwo->co', window, g)
+    got = layers._weight_grad_by_phases(jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
