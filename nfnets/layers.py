@@ -167,8 +167,9 @@ def _weight_grad_by_phases(x: jax.Array, g: jax.Array) -> jax.Array:
 def _taps_pay_off(x_shape: Sequence[int], g_shape: Sequence[int]) -> bool:
     """Where the per-tap weight gradient beat XLA's on a 2-core AVX-512 CPU (F0's layers).
 
-    At 96x96 (32 channels in) and 48x48 it took 0.7-0.8x XLA's time; at 24x24 and below,
-    where XLA's weight-gradient convolution is efficient, 1.2-2x (scripts/conv_layers_vs_torch).
+    With it, the backward pass took 0.7-0.8x XLA's time at 96x96 (32 channels in) and 48x48,
+    and 1.2-2x at 24x24 and below, where XLA's weight-gradient convolution is efficient
+    (scripts/conv_layers_vs_torch.py, F0's layers at batch 8).
     """
     return g_shape[1] * g_shape[2] >= 48 * 48 and x_shape[3] >= 32
 

@@ -112,15 +112,26 @@ def test_batch_fit_largest_batch_closed_form():
     assert fit.largest_batch(1 * 2**30) == 0
 
 
-def test_memory_fit_is_linear_in_the_batch():
-    model = _tiny()
-    fit = benchmark.fit_train_memory(model, image_size=16, probe_batches=(4, 8))
-    planned = benchmark.planned_train_step_bytes(model, batch_size=12, image_size=16)
-    assert fit.bytes_per_image > 0 and fit.fixed_bytes > 0
-    # A third batch size lands on the line through the two probes (XLA may pad buffers).
-    assert planned == pytest.approx(fit.fixed_bytes + 12 * fit.bytes_per_image, rel=0.05)
+def test_memory_fit_from_two_probes(monkeypatch):
+    planned = lambda model, *, batch_size, **kwargs: 1000 + 37 * batch_size
+    monkeypatch.setattr(benchmark, 'planned_train_step_bytes', planned)
+    fit = benchmark.fit_train_memory(None, image_size=16, probe_batches=(4, 8))
+    assert (fit.fixed_bytes, fit.bytes_per_image) == (1000, 37)
     with pytest.raises(ValueError, match='increasing'):
-        benchmark.fit_train_memory(model, image_size=16, probe_batches=(8, 4))
+        benchmark.fit_train_memory(None, image_size=16, probe_batches=(8, 4))
+    monkeypatch.setattr(benchmark, 'planned_train_step_bytes', lambda model, **kwargs: 5)
+    with pytest.raises(ValueError, match='did not grow'):
+        benchmark.fit_train_memory(None, image_size=16)
+
+
+def test_planned_bytes_hold_train_state_and_batch():
+    # The plan must at least hold the live train state (params, momentum, EMA: float32 each)
+    # and the batch; the activations for the backward pass come on top.
+    model = _tiny()
+    planned = benchmark.planned_train_step_bytes(model, batch_size=2, image_size=16)
+    num_params = sum(int(np.prod(s.shape)) for s in
+                     jax.tree_util.tree_leaves(model.param_shapes(16)))
+    assert planned >= 3 * 4 * num_params + 2 * 16 * 16 * 3 * 4
 
 
 def test_out_of_memory_errors_are_recognised():
