@@ -29,6 +29,9 @@ from data import pipeline
 from experiments import checkpointing, config_lib, experiment, train_lib
 from nfnets import optim
 
+# Batches copied to the devices ahead of the step that uses them.
+PREFETCH_BATCHES = 2
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config name (e.g. nfnet_f1, demo) or path/to/config.py[:arg].',
     lock_config=False)
@@ -148,6 +151,7 @@ def _loop(config, setup: experiment.Setup, state, start: int, ckpt: checkpointin
             batch_dims=[jax.local_device_count(), setup.per_device_batch],
             image_size=setup.train_imsize, data_dir=config.data_dir, augment=config.augment,
             dtype=data_dtype(config), seed=config.seed, start_step=start)
+    batches = train_lib.prefetch_to_device(batches, size=PREFETCH_BATCHES)
     rstate = train_lib.replicate(state)
     history = []
     step = start

@@ -6,7 +6,8 @@ Everything here is pure JAX: the host loop (experiments/train.py) feeds numpy ba
 draws exactly the numbers an unbroken run draws.
 """
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -184,13 +185,38 @@ def make_eval_step(model: nfnets.Model, config: ml_collections.ConfigDict
     return eval_step
 
 
+def _device_axis_sharding(devices=None) -> jax.sharding.NamedSharding:
+    """Leading axis split over the local devices, one slice each (what pmap consumes)."""
+    devices = list(devices or jax.local_devices())
+    return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                      jax.sharding.PartitionSpec(AXIS))
+
+
 def replicate(tree, devices=None):
     """Puts one copy of a host tree on every local device (leading axis = local devices)."""
-    devices = list(devices or jax.local_devices())
-    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                          jax.sharding.PartitionSpec(AXIS))
+    sharding = _device_axis_sharding(devices)
+    copies = len(sharding.mesh.devices)
     return jax.tree_util.tree_map(
-        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * copies), sharding), tree)
+
+
+def prefetch_to_device(batches: Iterable[Any], size: int = 2, devices=None) -> Iterator[Any]:
+    """Yields host batches ``[local_devices, per_device_batch, ...]`` already on the devices.
+
+    Keeps ``size`` batches copied ahead of the one in use: their host-to-device transfers (and
+    the host pipeline's work for them) run while the current step computes, instead of at the
+    step's dispatch. Order and contents are those of ``batches``.
+    """
+    if size < 1:
+        raise ValueError(f'prefetch size must be at least 1, got {size}.')
+    sharding = _device_axis_sharding(devices)
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def unreplicate(tree):

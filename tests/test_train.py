@@ -130,7 +130,8 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
         it = pipeline.build_input(config.dataset, config.train_split, is_training=True,
                                   batch_dims=[1, 16], image_size=32, start_step=start)
         for i, batch in enumerate(it):
-            if i == 2:   # preempted while step 3 runs
+            # Preempted while step 3 runs: the loop pulls batches PREFETCH_BATCHES ahead.
+            if i == 2 + train.PREFETCH_BATCHES:
                 os.kill(os.getpid(), signal.SIGTERM)
             yield batch
 

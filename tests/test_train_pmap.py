@@ -8,6 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
+import pytest
+
+from experiments import train_lib
 from tests import test_train_fixtures as fx
 
 _SCRIPT = textwrap.dedent('''
@@ -62,3 +67,25 @@ def test_two_devices_equal_one_device_with_same_global_batch():
     out = subprocess.run([sys.executable, '-c', _SCRIPT], env=fx.subprocess_env(devices=2),
                          capture_output=True, text=True, timeout=600)
     assert 'PMAP_OK' in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
+
+
+def test_prefetch_to_device_reads_ahead_and_keeps_order():
+    pulled = []
+
+    def host_batches():
+        for i in range(5):
+            pulled.append(i)
+            yield {'images': np.full((1, 2, 3), i, np.float32), 'labels': np.array([[i, i]])}
+
+    stream = train_lib.prefetch_to_device(host_batches(), size=2)
+    first = next(stream)
+    # Batch 0 is handed out only once batches 1 and 2 are on the device too.
+    assert pulled == [0, 1, 2]
+    got = [first] + list(stream)
+    assert [int(b['labels'][0, 0]) for b in got] == [0, 1, 2, 3, 4]
+    for i, batch in enumerate(got):
+        assert isinstance(batch['images'], jax.Array)
+        assert batch['images'].sharding.device_set == set(jax.local_devices())
+        np.testing.assert_array_equal(batch['images'], np.full((1, 2, 3), i))
+    with pytest.raises(ValueError, match='at least 1'):
+        next(train_lib.prefetch_to_device(host_batches(), size=0))
