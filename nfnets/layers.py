@@ -110,12 +110,12 @@ def _dense_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: st
                 ) -> jax.Array:
     """A dense convolution with its gradients in the forms XLA:CPU runs fastest.
 
-    The forward pass is XLA's convolution. At stride 1 the weight gradient is one matrix
-    product per kernel tap (:func:`_weight_grad_by_taps`): XLA's own weight-gradient
-    convolution runs at a third to a sixth of the speed of the forward convolution there. The
-    input gradient of a stride-2 3x3 SAME convolution is taken by phases
-    (:func:`_conv_by_phases`; XLA's runs over the zero-dilated output gradient, 2-2.5x slower);
-    other input gradients are XLA's.
+    The forward pass is XLA's convolution. At 48x48 and larger the weight gradient is one
+    matrix product per kernel tap (:func:`_weight_grad_by_taps`; per input phase at stride 2):
+    from 24x24 up, XLA's own weight-gradient convolution takes 2.7-4.6x the time of the forward
+    convolution on a 2-core AVX-512 CPU. The input gradient of a stride-2 3x3 SAME convolution
+    is taken by phases (:func:`_conv_by_phases`; XLA's runs over the zero-dilated output
+    gradient, 2-2.5x slower); other input gradients are XLA's.
     """
     return _xla_conv(x, w, stride, padding)
 
@@ -126,14 +126,15 @@ def _dense_conv_fwd(x, w, stride, padding):
 
 def _dense_conv_bwd(stride, padding, residuals, g):
     x, w = residuals
-    if _phase_split_applies(x.shape, w.shape, stride, padding):
+    by_phases = _phase_split_applies(x.shape, w.shape, stride, padding)
+    if by_phases:
         _, input_vjp = jax.vjp(lambda x: _conv_by_phases(x, w), x)
     else:
         _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, stride, padding), x)
-    if stride == (1, 1) and _taps_pay_off(x.shape, g.shape):
+    by_taps = _taps_pay_off(x.shape, g.shape)
+    if by_taps and stride == (1, 1):
         weight_grad = _weight_grad_by_taps(x, g, w.shape, padding).astype(w.dtype)
-    elif (_phase_split_applies(x.shape, w.shape, stride, padding)
-          and _taps_pay_off(x.shape, g.shape)):
+    elif by_taps and by_phases:
         weight_grad = _weight_grad_by_phases(x, g).astype(w.dtype)
     else:
         weight_grad = jax.vjp(lambda w: _xla_conv(x, w, stride, padding), w)[1](g)[0]
@@ -181,9 +182,10 @@ def _weight_grad_by_taps(x: jax.Array, g: jax.Array, w_shape: Sequence[int], pad
     Flattened over the padded grid (``[N*Hp*Wp, C]``), tap ``(i, j)`` pairs the input row
     ``q + i*Wp + j`` with the output gradient placed at row ``q``; outside the output window
     that gradient is zero, so the shift never mixes images. Each tap is then a plain
-    ``[rows, C]^T @ [rows, O]`` GEMM on a contiguous row block, which XLA:CPU runs 2-3x faster
-    than its weight-gradient convolution at 48x48 and 96x96. (Concatenating the shifted copies
-    into one patch matrix is slower still: XLA:CPU's concatenation runs at under 2 GB/s.)
+    ``[rows, C]^T @ [rows, O]`` GEMM on a contiguous row block; alone, the nine took 0.6-0.9x
+    the time of XLA's weight-gradient convolution at 48x48 and 96x96. (Concatenating the
+    shifted copies into one patch matrix is slower: XLA:CPU's concatenation runs at under
+    2 GB/s.)
     """
     kh, kw, cin, cout = w_shape
     n, ho, wo, _ = g.shape
