@@ -90,15 +90,21 @@ def _conv_by_phases(x: jax.Array, w: jax.Array) -> jax.Array:
     taps (0, 2) read the even phase at offsets 0 and 1, the odd tap (1) the odd phase. Same
     sums as the strided convolution, no multiplications by inserted zeros.
     """
-    h, w_in = x.shape[1] // 2, x.shape[2] // 2
-    xp = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))
-    even_even = xp[:, 0::2, 0::2][:, :h + 1, :w_in + 1]
-    even_odd = xp[:, 0::2, 1::2][:, :h + 1, :w_in]
-    odd_even = xp[:, 1::2, 0::2][:, :h, :w_in + 1]
-    odd_odd = xp[:, 1::2, 1::2][:, :h, :w_in]
+    phases = _input_phases(x)
     conv = lambda a, k: jax.lax.conv_general_dilated(a, k, (1, 1), 'VALID', dimension_numbers=_DN)
-    return (conv(even_even, w[0::2, 0::2]) + conv(even_odd, w[0::2, 1:2])
-            + conv(odd_even, w[1:2, 0::2]) + jnp.dot(odd_odd, w[1, 1]))
+    return (conv(phases[0, 0], w[0::2, 0::2]) + conv(phases[0, 1], w[0::2, 1:2])
+            + conv(phases[1, 0], w[1:2, 0::2]) + jnp.dot(phases[1, 1], w[1, 1]))
+
+
+def _input_phases(x: jax.Array) -> dict[tuple[int, int], jax.Array]:
+    """The four phases ``(a, b)`` (row and column parity) of an even-sized NHWC input.
+
+    Padded as stride-2 3x3 SAME pads (0 before, 1 after); an even phase keeps one extra row or
+    column, which the even tap 2 reads at offset 1.
+    """
+    h, w = x.shape[1] // 2, x.shape[2] // 2
+    xp = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))
+    return {(a, b): xp[:, a::2, b::2][:, :h + 1 - a, :w + 1 - b] for a in (0, 1) for b in (0, 1)}
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: str) -> jax.Array:
@@ -153,14 +159,10 @@ def _weight_grad_by_phases(x: jax.Array, g: jax.Array) -> jax.Array:
     :func:`_weight_grad_by_taps` takes.
     """
     cin, cout = x.shape[3], g.shape[3]
-    ho, wo = g.shape[1:3]
-    x_pad = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))
     blocks = {}
-    for a in (0, 1):
-        for b in (0, 1):
-            kh, kw = 2 - a, 2 - b  # even phases serve taps 0 and 2, odd ones tap 1
-            phase = x_pad[:, a::2, b::2][:, :ho + kh - 1, :wo + kw - 1]
-            blocks[a, b] = _weight_grad_by_taps(phase, g, (kh, kw, cin, cout), 'VALID')
+    for (a, b), phase in _input_phases(x).items():
+        # Even phases serve taps 0 and 2 (a 2-long kernel axis), odd ones tap 1.
+        blocks[a, b] = _weight_grad_by_taps(phase, g, (2 - a, 2 - b, cin, cout), 'VALID')
     return jnp.stack([jnp.stack([blocks[i % 2, j % 2][i // 2, j // 2] for j in range(3)])
                       for i in range(3)])
 
