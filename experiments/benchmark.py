@@ -252,7 +252,7 @@ def fit_train_memory(model, *, image_size: int, dtype: Any = jnp.float32,
 def is_out_of_memory(error: Exception) -> bool:
     """Whether ``error`` is XLA's allocation failure (compile- or run-time)."""
     text = str(error)
-    return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
+    return 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()
 
 
 def device_memory_bytes(device: jax.Device) -> int | None:
@@ -414,7 +414,6 @@ def main(argv):
               f'({1e3 * ws:.1f} vs {1e3 * bn:.1f} ms; paper on TPU: 73.3 vs 111.7 ms = 0.656)')
 
 
-
 def _report_largest_batch(model, device: jax.Device, dtype: Any, peak: float | None) -> None:
     """Prints the memory fit and the train-step timing at the largest batch that fits."""
     memory = _MEMORY_GIB.value * 2**30 if _MEMORY_GIB.value else device_memory_bytes(device)
@@ -425,9 +424,11 @@ def _report_largest_batch(model, device: jax.Device, dtype: Any, peak: float | N
     fit, timing = time_largest_batch(
         model, image_size=train_size, dtype=dtype, memory_bytes=memory,
         steps=_STEPS.value, warmup=_WARMUP.value, repeats=_REPEATS.value)
+    # The batch that ran can be below the plan's if the plan's batch ran out of memory.
     print(f'{model.name} memory plan at {train_size}px: {fit.fixed_bytes / 2**30:.2f} GiB fixed '
           f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {memory / 2**30:.1f} GiB '
-          f'available -> largest batch {fit.largest_batch(memory)}')
+          f'available -> planned {fit.largest_batch(memory)}, largest batch '
+          f'{timing.batch_size}')
     print(model.name, 'largest', report(timing, train_flops_per_image(model, train_size), peak))
     mem, what = peak_memory_bytes(device)
     print(f'{model.name} peak memory after the largest batch ({what}): {mem / 2**30:.2f} GiB')
