@@ -116,10 +116,9 @@ def _dense_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: st
                 ) -> jax.Array:
     """A dense convolution with its gradients in the forms XLA:CPU runs fastest.
 
-    The forward pass is XLA's convolution. At 48x48 and larger the weight gradient is one
-    matrix product per kernel tap (:func:`_weight_grad_by_taps`; per input phase at stride 2):
-    from 24x24 up, XLA's own weight-gradient convolution takes 2.7-4.6x the time of the forward
-    convolution on a 2-core AVX-512 CPU. The input gradient of a stride-2 3x3 SAME convolution
+    The forward pass is XLA's convolution. Over many output positions the weight gradient is
+    summed from XLA's weight-gradient convolutions of small chunks of the batch
+    (:func:`_weight_grad_by_chunks`). The input gradient of a stride-2 3x3 SAME convolution
     is taken by phases (:func:`_conv_by_phases`; XLA's runs over the zero-dilated output
     gradient, 2-2.5x slower); other input gradients are XLA's.
     """
@@ -132,16 +131,12 @@ def _dense_conv_fwd(x, w, stride, padding):
 
 def _dense_conv_bwd(stride, padding, residuals, g):
     x, w = residuals
-    by_phases = _phase_split_applies(x.shape, w.shape, stride, padding)
-    if by_phases:
+    if _phase_split_applies(x.shape, w.shape, stride, padding):
         _, input_vjp = jax.vjp(lambda x: _conv_by_phases(x, w), x)
     else:
         _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, stride, padding), x)
-    by_taps = _taps_pay_off(x.shape, g.shape)
-    if by_taps and stride == (1, 1):
-        weight_grad = _weight_grad_by_taps(x, g, w.shape, padding).astype(w.dtype)
-    elif by_taps and by_phases:
-        weight_grad = _weight_grad_by_phases(x, g).astype(w.dtype)
+    if _chunks_pay_off(x.shape, g.shape, stride):
+        weight_grad = _weight_grad_by_chunks(x, g, w.shape, stride, padding).astype(w.dtype)
     else:
         weight_grad = jax.vjp(lambda w: _xla_conv(x, w, stride, padding), w)[1](g)[0]
     return input_vjp(g)[0], weight_grad
@@ -149,59 +144,52 @@ def _dense_conv_bwd(stride, padding, residuals, g):
 
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
+# Output positions per chunk of :func:`_weight_grad_by_chunks`: one 48x48 image, four 24x24.
+_WEIGHT_GRAD_CHUNK = 48 * 48
 
-def _weight_grad_by_phases(x: jax.Array, g: jax.Array) -> jax.Array:
-    """``dL/dw`` of a stride-2 3x3 SAME convolution from its four input phases.
 
-    Tap ``(i, j)`` reads phase ``(i % 2, j % 2)`` of the input (padded 0 before, 1 after) at
-    offset ``(i // 2, j // 2)``, as in :func:`_conv_by_phases`; so each phase holds a stride-1
-    VALID correlation with a 2x2, 2x1, 1x2 or 1x1 kernel, whose gradient
-    :func:`_weight_grad_by_taps` takes.
+def _chunks_pay_off(x_shape: Sequence[int], g_shape: Sequence[int], stride: Sequence[int]
+                    ) -> bool:
+    """Where chunking beat XLA's whole-batch weight gradient on a 2-core AVX-512 CPU.
+
+    F0's layers at batch 8 (scripts/conv_layers_vs_torch.py): 0.3-0.5x XLA's time with 96x96
+    and 48x48 outputs, 0.67x at 24x24 (stride 1); 1.3x at 12x12 and below, 1.3x for the
+    stride-2 convolution from 48x48 to 24x24, and 4.5x for the stem's first convolution (3
+    input channels), where XLA's is already efficient.
     """
-    cin, cout = x.shape[3], g.shape[3]
-    blocks = {}
-    for (a, b), phase in _input_phases(x).items():
-        # Even phases serve taps 0 and 2 (a 2-long kernel axis), odd ones tap 1.
-        blocks[a, b] = _weight_grad_by_taps(phase, g, (2 - a, 2 - b, cin, cout), 'VALID')
-    return jnp.stack([jnp.stack([blocks[i % 2, j % 2][i // 2, j // 2] for j in range(3)])
-                      for i in range(3)])
+    n, ho, wo = g_shape[:3]
+    return (x_shape[3] >= 16
+            and n * ho * wo >= 2 * _WEIGHT_GRAD_CHUNK * stride[0] * stride[1])
 
 
-def _taps_pay_off(x_shape: Sequence[int], g_shape: Sequence[int]) -> bool:
-    """Where the per-tap weight gradient beat XLA's on a 2-core AVX-512 CPU (F0's layers).
+def _weight_grad_by_chunks(x: jax.Array, g: jax.Array, w_shape: Sequence[int],
+                           stride: tuple[int, int], padding: str) -> jax.Array:
+    """``dL/dw`` of an NHWC x HWIO convolution, summed over chunks of output positions.
 
-    With it, the backward pass took 0.7-0.8x XLA's time at 96x96 (32 channels in) and 48x48,
-    and 1.2-2x at 24x24 and below, where XLA's weight-gradient convolution is efficient
-    (scripts/conv_layers_vs_torch.py, F0's layers at batch 8).
+    XLA:CPU's weight-gradient convolution slows down as the number of output positions it
+    contracts over grows (on a 2-core AVX-512 CPU, 48x48 128->128: 3.3 ms for one image, 77 ms
+    for eight); so the sum is split into chunks of about ``_WEIGHT_GRAD_CHUNK`` positions:
+    whole images where they are small, blocks of output rows of one image where they are
+    large. A block of ``r`` output rows reads ``(r - 1) * stride + kh`` padded input rows, its
+    receptive field, so each chunk is a VALID convolution and the chunks' sums add up exactly
+    to the whole.
     """
-    return g_shape[1] * g_shape[2] >= 48 * 48 and x_shape[3] >= 32
-
-
-def _weight_grad_by_taps(x: jax.Array, g: jax.Array, w_shape: Sequence[int], padding: str
-                         ) -> jax.Array:
-    """``dL/dw`` of a stride-1 NHWC x HWIO convolution as one matrix product per kernel tap.
-
-    Flattened over the padded grid (``[N*Hp*Wp, C]``), tap ``(i, j)`` pairs the input row
-    ``q + i*Wp + j`` with the output gradient placed at row ``q``; outside the output window
-    that gradient is zero, so the shift never mixes images. Each tap is then a plain
-    ``[rows, C]^T @ [rows, O]`` GEMM on a contiguous row block; alone, the nine took 0.6-0.9x
-    the time of XLA's weight-gradient convolution at 48x48 and 96x96. (Concatenating the
-    shifted copies into one patch matrix is slower: XLA:CPU's concatenation runs at under
-    2 GB/s.)
-    """
-    kh, kw, cin, cout = w_shape
+    kh, kw = w_shape[:2]
     n, ho, wo, _ = g.shape
-    pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
+    pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
     x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    hp, wp = x_pad.shape[1:3]
-    x_rows = x_pad.reshape(n * hp * wp, cin)
-    g_rows = jnp.pad(g, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(n * hp * wp, cout)
-    rows = n * hp * wp - (kh - 1) * wp - (kw - 1)  # the last output row's reach
-    contract_rows = (((0,), (0,)), ((), ()))
-    taps = [jax.lax.dot_general(x_rows[i * wp + j:i * wp + j + rows], g_rows[:rows],
-                                contract_rows)
-            for i in range(kh) for j in range(kw)]
-    return jnp.stack(taps).reshape(kh, kw, cin, cout)
+    images = max(1, min(n, _WEIGHT_GRAD_CHUNK // (ho * wo)))
+    rows = ho if images > 1 else max(1, min(ho, _WEIGHT_GRAD_CHUNK // wo))
+    w_type = jax.ShapeDtypeStruct(tuple(w_shape), x.dtype)
+    total = jnp.zeros(w_shape, jnp.float32)
+    for i in range(0, n, images):
+        for r in range(0, ho, rows):
+            r_end = min(r + rows, ho)
+            x_chunk = x_pad[i:i + images, r * stride[0]:(r_end - 1) * stride[0] + kh]
+            transpose = jax.linear_transpose(
+                lambda w, x_chunk=x_chunk: _xla_conv(x_chunk, w, stride, 'VALID'), w_type)
+            total += transpose(g[i:i + images, r:r_end])[0].astype(jnp.float32)
+    return total
 
 
 def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4,

@@ -200,19 +200,24 @@ def test_stochastic_depth_rate_validated():
         hk.transform(lambda: layers.StochDepth(1.0)).init(None)
 
 
-@pytest.mark.parametrize('stride,size,padding', [(1, (48, 48), 'SAME'), (1, (50, 48), 'VALID'),
-                                                 (2, (96, 96), 'SAME')])
-def test_dense_conv_tap_weight_gradients_match_autodiff(stride, size, padding):
-    # Sizes at which the split strategy takes the weight gradient per kernel tap (stride 1) or
-    # per input phase (stride 2), against autodiff of XLA's convolution.
-    assert layers._taps_pay_off((2, *size, 32), (2, size[0] // stride, size[1] // stride, 8))
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 32))
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 32, 8)) * 0.1
+@pytest.mark.parametrize('batch,size,stride,padding', [
+    (2, (48, 48), 1, 'SAME'),     # one image per chunk
+    (9, (24, 24), 1, 'SAME'),     # four images per chunk, the last chunk one image
+    (1, (70, 70), 1, 'SAME'),     # row blocks of 32, the last one 6 rows
+    (1, (71, 69), 1, 'VALID'),    # 69x67 outputs: row blocks of 34, 34 and 1
+    (2, (193, 191), 2, 'SAME'),   # stride 2, odd sizes: blocks of 24 output rows, then 1
+])
+def test_dense_conv_chunked_weight_gradients_match_autodiff(batch, size, stride, padding):
+    # Sizes at which the split strategy sums the weight gradient over chunks, against
+    # autodiff of XLA's whole-batch convolution.
     strides = (stride, stride)
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, *size, 16))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 8)) * 0.1
     reference = lambda x, w: jax.lax.conv_general_dilated(
         x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    ours = lambda x, w: layers._dense_conv(x, w, strides, padding)
     out, ref_vjp = jax.vjp(reference, x, w)
+    assert layers._chunks_pay_off(x.shape, out.shape, strides)
+    ours = lambda x, w: layers._dense_conv(x, w, strides, padding)
     g = jax.random.normal(jax.random.PRNGKey(2), out.shape)
     np.testing.assert_allclose(ours(x, w), out, rtol=1e-5, atol=1e-5)
     for got, expected in zip(jax.vjp(ours, x, w)[1](g), ref_vjp(g)):
@@ -220,16 +225,26 @@ def test_dense_conv_tap_weight_gradients_match_autodiff(stride, size, padding):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
-def test_weight_grad_by_phases_against_numpy():
-    # Independent oracle: dL/dw[i, j] = sum over outputs of x_pad[2h + i, 2w + j] * g[h, w].
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 8, 6, 3))
-    g = rng.standard_normal((2, 4, 3, 5))
-    x_pad = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    expected = np.zeros((3, 3, 3, 5))
-    for i in range(3):
-        for j in range(3):
-            window = x_pad[:, i:i + 8:2, j:j + 6:2]
-            expected[i, j] = np.einsum('nhwc,nhwo->co', window, g)
-    got = layers._weight_grad_by_phases(jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32))
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+def test_weight_grad_chunks_cover_every_output_once():
+    # With x all ones and g all ones, dL/dw[i, j] counts the outputs whose window puts tap
+    # (i, j) on a real (not padded) input: a closed-form count that a dropped, repeated or
+    # misaligned chunk would change.
+    n, h, w, stride = 3, 50, 37, 1
+    x = jnp.ones((n, h, w, 16))
+    g = jnp.ones((n, h, w, 2))
+    got = layers._weight_grad_by_chunks(x, g, (3, 3, 16, 2), (stride, stride), 'SAME')
+    rows = np.array([h - 1, h, h - 1])  # tap row 0 and 2 miss one output row each
+    cols = np.array([w - 1, w, w - 1])
+    expected = n * rows[:, None] * cols[None, :]
+    np.testing.assert_array_equal(np.asarray(got)[:, :, 0, 0], expected)
+    assert np.all(np.asarray(got) == np.asarray(got)[:, :, :1, :1])
+
+
+def test_chunked_weight_gradient_chosen_for_f0_layers():
+    # Batch 8 at 192 px: chunked where it measured faster (96x96 and 48x48 outputs, 24x24 at
+    # stride 1), XLA's whole-batch gradient elsewhere.
+    pays = lambda size, cin, stride: layers._chunks_pay_off(
+        (8, size, size, cin), (8, size // stride, size // stride, 64), (stride, stride))
+    assert pays(96, 16, 1) and pays(96, 64, 2) and pays(48, 128, 1) and pays(24, 128, 1)
+    assert not pays(192, 3, 2)      # the stem's first convolution: 3 input channels
+    assert not pays(48, 128, 2) and not pays(12, 128, 1) and not pays(6, 128, 1)
