@@ -144,22 +144,24 @@ def _dense_conv_bwd(stride, padding, residuals, g):
 
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
-# Output positions per chunk of :func:`_weight_grad_by_chunks`: one 48x48 image, four 24x24.
-_WEIGHT_GRAD_CHUNK = 48 * 48
+# Output positions per chunk of :func:`_weight_grad_by_chunks`, by stride, as measured fastest
+# on a 2-core AVX-512 CPU: one 48x48 image (four 24x24 ones) at stride 1; at stride 2, whose
+# chunks read four times the input, 12 rows of a 24x24 output (48x48 128->128: 8.4 ms, against
+# 13.7 for whole images and 16.5 for XLA's whole-batch gradient).
+_WEIGHT_GRAD_CHUNK = {(1, 1): 48 * 48, (2, 2): 12 * 24}
 
 
 def _chunks_pay_off(x_shape: Sequence[int], g_shape: Sequence[int], stride: Sequence[int]
                     ) -> bool:
     """Where chunking beat XLA's whole-batch weight gradient on a 2-core AVX-512 CPU.
 
-    F0's layers at batch 8 (scripts/conv_layers_vs_torch.py): 0.3-0.5x XLA's time with 96x96
-    and 48x48 outputs, 0.67x at 24x24 (stride 1); 1.3x at 12x12 and below, 1.3x for the
-    stride-2 convolution from 48x48 to 24x24, and 4.5x for the stem's first convolution (3
-    input channels), where XLA's is already efficient.
+    F0's layers at batch 8 (scripts/conv_layers_vs_torch.py): 0.3-0.6x XLA's time with 96x96,
+    48x48 and (stride 1) 24x24 outputs; but 1.3-1.5x with 12x12 and smaller outputs, and 4.5x
+    for the stem's first convolution (3 input channels), where XLA's is already efficient.
     """
     n, ho, wo = g_shape[:3]
-    return (x_shape[3] >= 16
-            and n * ho * wo >= 2 * _WEIGHT_GRAD_CHUNK * stride[0] * stride[1])
+    return (tuple(stride) in _WEIGHT_GRAD_CHUNK and x_shape[3] >= 16
+            and n * ho * wo >= 2 * 48 * 48)
 
 
 def _weight_grad_by_chunks(x: jax.Array, g: jax.Array, w_shape: Sequence[int],
@@ -168,7 +170,7 @@ def _weight_grad_by_chunks(x: jax.Array, g: jax.Array, w_shape: Sequence[int],
 
     XLA:CPU's weight-gradient convolution slows down as the number of output positions it
     contracts over grows (on a 2-core AVX-512 CPU, 48x48 128->128: 3.3 ms for one image, 77 ms
-    for eight); so the sum is split into chunks of about ``_WEIGHT_GRAD_CHUNK`` positions:
+    for eight); so the sum is split into chunks of about ``_WEIGHT_GRAD_CHUNK[stride]`` positions:
     whole images where they are small, blocks of output rows of one image where they are
     large. A block of ``r`` output rows reads ``(r - 1) * stride + kh`` padded input rows, its
     receptive field, so each chunk is a VALID convolution and the chunks' sums add up exactly
@@ -178,8 +180,9 @@ def _weight_grad_by_chunks(x: jax.Array, g: jax.Array, w_shape: Sequence[int],
     n, ho, wo, _ = g.shape
     pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
     x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    images = max(1, min(n, _WEIGHT_GRAD_CHUNK // (ho * wo)))
-    rows = ho if images > 1 else max(1, min(ho, _WEIGHT_GRAD_CHUNK // wo))
+    chunk = _WEIGHT_GRAD_CHUNK[tuple(stride)]
+    images = max(1, min(n, chunk // (ho * wo)))
+    rows = ho if images > 1 else max(1, min(ho, chunk // wo))
     w_type = jax.ShapeDtypeStruct(tuple(w_shape), x.dtype)
     total = jnp.zeros(w_shape, jnp.float32)
     for i in range(0, n, images):
