@@ -240,6 +240,19 @@ def test_weight_grad_chunks_cover_every_output_once():
     assert np.all(np.asarray(got) == np.asarray(got)[:, :, :1, :1])
 
 
+@pytest.mark.parametrize('n,ho,wo,positions,expected', [
+    (8, 48, 48, 2304, (1, 48)),      # one 48x48 image per chunk: 8 chunks
+    (9, 24, 24, 2304, (4, 24)),      # four 24x24 images per chunk: 3 chunks
+    (8, 96, 96, 2304, (1, 24)),      # row blocks of 24: 32 chunks, the most allowed
+    (8, 48, 48, 288, (1, 12)),       # 6-row blocks would make 64 chunks: doubled once
+    (256, 112, 112, 2304, (11, 112)),  # a large batch: 24 chunks of 11 images
+])
+def test_weight_grad_chunk_count_is_bounded(n, ho, wo, positions, expected):
+    images, rows = layers._chunk_shape(n, ho, wo, positions)
+    assert (images, rows) == expected
+    assert -(-n // images) * -(-ho // rows) <= layers._MAX_WEIGHT_GRAD_CHUNKS
+
+
 def test_chunked_weight_gradient_chosen_for_f0_layers():
     # Batch 8 at 192 px: chunked where it measured faster (96x96, 48x48 and 24x24 outputs),
     # XLA's whole-batch gradient elsewhere.
