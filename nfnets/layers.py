@@ -160,8 +160,9 @@ def _chunks_pay_off(x_shape: Sequence[int], g_shape: Sequence[int], stride: Sequ
     for the stem's first convolution (3 input channels), where XLA's is already efficient.
     """
     n, ho, wo = g_shape[:3]
+    # At least two stride-1 chunks' worth of outputs (4,608: 24x24 at batch 8), at any stride.
     return (tuple(stride) in _WEIGHT_GRAD_CHUNK and x_shape[3] >= 16
-            and n * ho * wo >= 2 * 48 * 48)
+            and n * ho * wo >= 2 * _WEIGHT_GRAD_CHUNK[1, 1])
 
 
 # Most convolutions one weight gradient is unrolled into: the program (and its compile time)
