@@ -12,6 +12,8 @@ known). It then times the same architecture with BatchNorm in place of weight st
   python -m experiments.benchmark --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
   python -m experiments.benchmark --compare_bn=false --steps=3
   python -m experiments.benchmark --dtype=bfloat16 --max_batch     # + the largest batch that fits
+  python -m experiments.benchmark --dtype=bfloat16 --max_batch --train=false --eval=false \
+      --compare_bn=false                                           # only the largest batch
 
 ``--max_batch`` compiles the step at two batch sizes, fits XLA's planned bytes as
 ``fixed + per_image * batch``, and times the largest multiple of 8 that fits the device's
@@ -208,12 +210,15 @@ def planned_train_step_bytes(model, *, batch_size: int, image_size: int,
     which buffers the step keeps.
     """
     options = {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
-    compiled, *_ = _compiled_train_step(model, batch_size=batch_size, image_size=image_size,
-                                        dtype=dtype, seed=0, opt_config=opt_config,
-                                        compiler_options=options)
+    compiled, _, _, seconds = _compiled_train_step(
+        model, batch_size=batch_size, image_size=image_size, dtype=dtype, seed=0,
+        opt_config=opt_config, compiler_options=options)
     stats = compiled.memory_analysis()
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-               - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    planned = int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+                  - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    logging.info('Memory probe: batch %d plans %.2f GiB (compiled in %.0f s).', batch_size,
+                 planned / 2**30, seconds)
+    return planned
 
 
 @dataclasses.dataclass
@@ -299,6 +304,7 @@ def time_largest_batch(model, *, image_size: int, dtype: Any, memory_bytes: floa
     for _ in range(tries):
         if batch <= 0:
             break
+        logging.info('Timing the train step at batch %d.', batch)
         try:
             return fit, time_train_step(model, batch_size=batch, image_size=image_size,
                                         dtype=dtype, **timing_kwargs)
@@ -348,6 +354,8 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed loops; the median per-step time is used.')
 _COMPARE_BN = flags.DEFINE_bool('compare_bn', True, 'Also time the BatchNorm variant.')
+_TRAIN = flags.DEFINE_bool('train', True,
+                           'Time the train step at --batch_size (off: only --max_batch / --eval).')
 _EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
 _GROUPED = flags.DEFINE_enum('grouped_conv_impl', None, list(layers.GROUPED_CONV_IMPLS),
                              'Grouped-conv strategy (default: per backend).')
@@ -374,6 +382,8 @@ def main(argv):
           f'{layers.default_grouped_conv_impl()}, peak '
           f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}')
 
+    if not _TRAIN.value and _COMPARE_BN.value:
+        raise app.UsageError('--compare_bn compares training steps: it needs --train.')
     names = [_MODEL.value]
     if _COMPARE_BN.value:
         bn_name = bn_variant(_MODEL.value)
@@ -391,15 +401,16 @@ def main(argv):
         print(f'{name}: {counting.count_params(model.param_shapes(train_size)) / 1e6:.2f}M '
               f'params, {counting.count_model_macs(model, train_size) / 1e9:.2f} GMACs at '
               f'{train_size}px')
-        timing = time_train_step(model, batch_size=_BATCH.value, image_size=train_size,
-                                 dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
-                                 repeats=_REPEATS.value)
-        train_times[name] = timing.seconds_per_step
-        print(name, report(timing, train_flops_per_image(model, train_size), peak))
-        mem, what = peak_memory_bytes(device)
-        # Host RSS is a process-wide high-water mark: the first model's figure is its own.
-        print(f'{name} peak memory after the train step ({what}, process high-water mark): '
-              f'{mem / 2**30:.2f} GiB')
+        if _TRAIN.value:
+            timing = time_train_step(model, batch_size=_BATCH.value, image_size=train_size,
+                                     dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
+                                     repeats=_REPEATS.value)
+            train_times[name] = timing.seconds_per_step
+            print(name, report(timing, train_flops_per_image(model, train_size), peak))
+            mem, what = peak_memory_bytes(device)
+            # Host RSS is a process-wide high-water mark: the first model's figure is its own.
+            print(f'{name} peak memory after the train step ({what}, process high-water '
+                  f'mark): {mem / 2**30:.2f} GiB')
         if _EVAL.value:
             timing = time_eval_step(model, batch_size=_BATCH.value, image_size=eval_size,
                                     dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,

@@ -22,6 +22,10 @@ PYTHON=${PYTHON:-python3}
 TORCH_PYTHON=${TORCH_PYTHON:-$PYTHON}
 EXTRA=${EXTRA:-}            # more experiments.benchmark flags (--width=0.125 for a smoke run)
 TIMM_EXTRA=${TIMM_EXTRA:-}  # more scripts/benchmark_timm.py flags
+# Steps 3-4 run batches of a thousand or more: fewer timed steps keep them inside the lease.
+BIG_STEPS=${BIG_STEPS:-5}
+BIG_REPEATS=${BIG_REPEATS:-2}
+MAX_BATCH_TIMEOUT=${MAX_BATCH_TIMEOUT:-540}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -53,12 +57,14 @@ if step 2; then
   timeout 90 "${timm_bench[@]}" --batch_size="$BATCH" 2>&1 | tee "$OUT/timm_batch$BATCH.log"
 fi
 if step 3; then
-  timeout 540 "${bench[@]}" --batch_size="$BATCH" --max_batch --compare_bn=false --eval=false \
+  timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --max_batch --train=false --compare_bn=false \
+    --eval=false --steps="$BIG_STEPS" --repeats="$BIG_REPEATS" \
     2>&1 | tee "$OUT/nfnets_max_batch.log"
 fi
 largest=$(grep -so 'largest batch [0-9]*' "$OUT/nfnets_max_batch.log" | grep -o '[0-9]*$')
 if step 4 && [ -n "$largest" ]; then
-  timeout 80 "${timm_bench[@]}" --batch_size="$largest" --no_eval 2>&1 \
+  timeout 120 "${timm_bench[@]}" --batch_size="$largest" --no_eval --steps="$BIG_STEPS" \
+    --repeats="$BIG_REPEATS" 2>&1 \
     | tee "$OUT/timm_batch$largest.log"
 fi
 echo "== summary"
