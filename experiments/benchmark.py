@@ -189,8 +189,11 @@ def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp
     compiled, train_state, batch, compile_seconds = _compiled_train_step(
         model, batch_size=batch_size, image_size=image_size, dtype=dtype, seed=seed,
         opt_config=opt_config)
+    # Logged before running so that a run cut short still says where its time went.
+    logging.info('Compiled the train step at batch %d in %.0f s.', batch_size, compile_seconds)
     for _ in range(warmup):
         train_state, _, _ = _timed_loop(compiled, train_state, batch, 1)
+    logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
     times, cpu_times = [], []
     for _ in range(repeats):
         train_state, seconds, cpu = _timed_loop(compiled, train_state, batch, steps)

@@ -4,12 +4,14 @@
 #   OUT=/tmp/gpu_bench bash scripts/gpu_benchmark.sh
 #
 # In order, each step bounded in time so that a slow one cannot starve the rest (STEPS picks
-# some, e.g. STEPS="3 4"; on an H200 steps 1-2 took 4.5 min, mostly compiling, and step 3
-# needs more than the 5 min it was given twice, the probes and the final batch compiling anew):
+# some, e.g. STEPS="3 4"; on an H200 steps 1-2 took 4.5 min, mostly compiling. Step 3's
+# probes took 50 + 47 s there, and compiling and running the planned batch 2336 did not end
+# within 5.5 min with cuDNN autotuning, nor within 160 s without it):
 #   1. nfnets (experiments.benchmark): bf16 training step at the paper's per-device batch 32
 #      (192 px) and eval at 256 px, then the same for the BatchNorm twin (the WS/BN ratio);
 #   2. timm dm_nfnet_f0, bf16 autocast, channels-last, same batch and resolutions;
-#   3. nfnets at the largest batch that fits (XLA's memory plan at two batches, then run);
+#   3. nfnets at the largest batch that fits (XLA's memory plan at two batches, then run;
+#      LARGEST=N runs batch N without the plan);
 #   4. timm at that batch.
 # Logs go to $OUT. Wheels in .whl/ (dm-haiku, jmp, ml_collections for an image that has jax
 # but not them) are installed to /tmp/site first. Needs jax with CUDA; step 2 needs torch+timm.
@@ -56,12 +58,20 @@ fi
 if step 2; then
   timeout 90 "${timm_bench[@]}" --batch_size="$BATCH" 2>&1 | tee "$OUT/timm_batch$BATCH.log"
 fi
-if step 3; then
+# LARGEST=N skips the memory probes of step 3 (two compilations, about 50 s each on an H200)
+# and times batch N: on an H200, F0 at 192 px plans 0.91 GiB + 57.7 MiB per image, so 2336.
+LARGEST=${LARGEST:-}
+if step 3 && [ -n "$LARGEST" ]; then
+  timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --batch_size="$LARGEST" --compare_bn=false \
+    --eval=false --steps="$BIG_STEPS" --repeats="$BIG_REPEATS" \
+    2>&1 | tee "$OUT/nfnets_batch$LARGEST.log"
+elif step 3; then
   timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --max_batch --train=false --compare_bn=false \
     --eval=false --steps="$BIG_STEPS" --repeats="$BIG_REPEATS" \
     2>&1 | tee "$OUT/nfnets_max_batch.log"
 fi
-largest=$(grep -so 'largest batch [0-9]*' "$OUT/nfnets_max_batch.log" | grep -o '[0-9]*$')
+largest=${LARGEST:-$(grep -so 'largest batch [0-9]*' "$OUT/nfnets_max_batch.log" \
+  | grep -o '[0-9]*$')}
 if step 4 && [ -n "$largest" ]; then
   timeout 120 "${timm_bench[@]}" --batch_size="$largest" --no_eval --steps="$BIG_STEPS" \
     --repeats="$BIG_REPEATS" 2>&1 \
