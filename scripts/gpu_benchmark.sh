@@ -59,7 +59,8 @@ if step 2; then
   timeout 90 "${timm_bench[@]}" --batch_size="$BATCH" 2>&1 | tee "$OUT/timm_batch$BATCH.log"
 fi
 # LARGEST=N skips the memory probes of step 3 (two compilations, about 50 s each on an H200)
-# and times batch N: on an H200, F0 at 192 px plans 0.91 GiB + 57.7 MiB per image, so 2336.
+# and times batch N: on an H200, F0 at 192 px plans 0.91 GiB + 57.7 MiB per image, so about
+# 2216 within the 95% of the allocator limit that --max_batch plans to.
 LARGEST=${LARGEST:-}
 if step 3 && [ -n "$LARGEST" ]; then
   timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --batch_size="$LARGEST" --compare_bn=false \

@@ -112,6 +112,29 @@ def test_batch_fit_largest_batch_closed_form():
     assert fit.largest_batch(1 * 2**30) == 0
 
 
+def test_largest_batch_plans_within_the_fraction_and_steps_down(monkeypatch):
+    fit = benchmark.BatchFit(fixed_bytes=2 * 2**30, bytes_per_image=100 * 2**20)
+    monkeypatch.setattr(benchmark, 'fit_train_memory', lambda model, **kwargs: fit)
+    tried = []
+
+    def fake_time(model, *, batch_size, **kwargs):
+        tried.append(batch_size)
+        if len(tried) == 1:
+            raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate')
+        return batch_size
+
+    monkeypatch.setattr(benchmark, 'time_train_step', fake_time)
+    _, planned, timed = benchmark.time_largest_batch(
+        None, image_size=16, dtype=None, memory_bytes=10 * 2**30, plan_fraction=0.9)
+    # 0.9 * 10 GiB = 9 GiB; (9 GiB - 2 GiB) / 100 MiB = 71.68 -> 71 -> 64; then 5% down:
+    # int(64 * 0.95) = 60 -> 56.
+    assert planned == 64
+    assert tried == [64, 56] and timed == 56
+    with pytest.raises(ValueError, match='plan_fraction'):
+        benchmark.time_largest_batch(None, image_size=16, dtype=None, memory_bytes=1,
+                                     plan_fraction=1.5)
+
+
 def test_memory_fit_from_two_probes(monkeypatch):
     planned = lambda model, *, batch_size, **kwargs: 1000 + 37 * batch_size
     monkeypatch.setattr(benchmark, 'planned_train_step_bytes', planned)
