@@ -35,7 +35,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 # The allocator may take 95% of the card (JAX's default is 75%); compiled programs are cached
-# on disk so that the memory probes and reruns reuse the batch-32 compilation.
+# on disk so that a rerun on the same machine reuses them (the memory probes compile without
+# autotuning, so they do not share the timed steps' entries).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/nfnets_jax_cache}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -62,14 +63,12 @@ fi
 # and times batch N: on an H200, F0 at 192 px plans 0.91 GiB + 57.7 MiB per image, so about
 # 2216 within the 95% of the allocator limit that --max_batch plans to.
 LARGEST=${LARGEST:-}
+big_train=(timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --compare_bn=false --eval=false
+           --steps="$BIG_STEPS" --repeats="$BIG_REPEATS")
 if step 3 && [ -n "$LARGEST" ]; then
-  timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --batch_size="$LARGEST" --compare_bn=false \
-    --eval=false --steps="$BIG_STEPS" --repeats="$BIG_REPEATS" \
-    2>&1 | tee "$OUT/nfnets_batch$LARGEST.log"
+  "${big_train[@]}" --batch_size="$LARGEST" 2>&1 | tee "$OUT/nfnets_batch$LARGEST.log"
 elif step 3; then
-  timeout "$MAX_BATCH_TIMEOUT" "${bench[@]}" --max_batch --train=false --compare_bn=false \
-    --eval=false --steps="$BIG_STEPS" --repeats="$BIG_REPEATS" \
-    2>&1 | tee "$OUT/nfnets_max_batch.log"
+  "${big_train[@]}" --max_batch --train=false 2>&1 | tee "$OUT/nfnets_max_batch.log"
 fi
 largest=${LARGEST:-$(grep -so 'largest batch [0-9]*' "$OUT/nfnets_max_batch.log" \
   | grep -o '[0-9]*$')}
