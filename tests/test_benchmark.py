@@ -161,3 +161,51 @@ def test_out_of_memory_errors_are_recognised():
     assert benchmark.is_out_of_memory(RuntimeError('RESOURCE_EXHAUSTED: Out of memory while '
                                                    'trying to allocate 1.2GiB'))
     assert not benchmark.is_out_of_memory(ValueError('shapes do not match'))
+
+
+def test_profile_script_sums_thread_time_by_op_kind():
+    # scripts/profile_train_step.py's breakdown: op events summed by kind (numbers stripped),
+    # per step, in ms (trace durations are microseconds); runtime events are not ops.
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / 'scripts' / 'profile_train_step.py'
+    spec = importlib.util.spec_from_file_location('profile_train_step', path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    events = [
+        {'ph': 'X', 'name': 'ynn_fusion.12', 'dur': 3000},
+        {'ph': 'X', 'name': 'ynn_fusion', 'dur': 1000},
+        {'ph': 'X', 'name': 'transpose_copy_fusion.97', 'dur': 500},
+        {'ph': 'X', 'name': 'end: ynn_fusion.12', 'dur': 7},
+        {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9000},
+        {'ph': 'X', 'name': '$api.py:2479 block_until_ready', 'dur': 9000},
+        {'ph': 'i', 'name': 'ynn_fusion.3', 'dur': 8000},
+    ]
+    assert script.thread_ms_by_kind(events, steps=2) == {
+        'ynn_fusion': (2.0, 1.0), 'transpose_copy_fusion': (0.25, 0.5)}
+    assert list(script.thread_ms_by_kind(events, steps=1)) == ['ynn_fusion',
+                                                                'transpose_copy_fusion']
+
+
+def test_cpu_vs_timm_script_reads_both_benchmarks_lines():
+    # scripts/cpu_vs_timm.py parses the two benchmarks' printed lines (as printed this session)
+    # and divides ours by timm's within a round.
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / 'scripts' / 'cpu_vs_timm.py'
+    spec = importlib.util.spec_from_file_location('cpu_vs_timm', path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ours = script.throughputs(
+        'nfnet_f0: 71.49M params, 4.35 GMACs at 192px\n'
+        'nfnet_f0 train batch 8 at 192px:    3.546 img/s,    2256.2 ms/step, compile   26.9 s\n'
+        'nfnet_f0 peak memory after the train step (host peak RSS): 3.82 GiB\n'
+        'nfnet_f0 eval  batch 8 at 256px:    7.644 img/s,    1046.5 ms/step, compile    3.1 s\n')
+    timm = script.throughputs(
+        'timm train batch 8 at 192px: 3.036 img/s, 2635.0 ms/step, CPU 5.19 s/step\n'
+        'timm eval  batch 8 at 256px: 6.741 img/s, 1186.8 ms/step, CPU 2.35 s/step\n')
+    assert ours == {'train': 3.546, 'eval': 7.644}
+    assert timm == {'train': 3.036, 'eval': 6.741}
+    assert script.ratios(ours, timm) == pytest.approx({'train': 3.546 / 3.036,
+                                                       'eval': 7.644 / 6.741})
+    assert script.ratios({'train': 2.0}, timm) == {'train': 2.0 / 3.036}
