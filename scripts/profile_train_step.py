@@ -8,10 +8,10 @@ the convolution kernels:
   that buffer afresh for every execution, and glibc maps and unmaps a request that large, so
   each step faults it in again);
 - thread milliseconds per step by op kind, from a JAX profiler trace with XLA:CPU's per-op
-  trace events (``--xla_cpu_enable_xprof_traceme``). ``ynn_fusion`` ops are the convolutions
-  and matrix products XLA:CPU hands to YNNPACK; ``transpose_copy_fusion`` ops mostly lay out
-  activations batch-minor for weight-gradient convolutions; thread time on a 2-core machine
-  sums both cores, so it exceeds the wall time.
+  trace events (``--xla_cpu_enable_xprof_traceme``). ``ynn_fusion`` ops are what XLA:CPU
+  hands to YNNPACK: the convolutions, the matrix products and some reductions;
+  ``transpose_copy_fusion`` ops mostly lay out activations batch-minor for weight-gradient
+  convolutions. Thread time sums all cores, so on 2 cores it exceeds the wall time.
 
   python scripts/profile_train_step.py --model=nfnet_f0 --batch_size=8 --image_size=192
 
