@@ -40,6 +40,7 @@ import optax
 from absl import app, flags, logging
 
 import nfnets
+from experiments import host_memory
 from nfnets import counting, layers, optim
 
 # Dense peak FLOP/s per device (no sparsity), by dtype, from the vendors' data sheets.
@@ -389,6 +390,7 @@ _CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', None,
 
 def main(argv):
     del argv
+    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
     layers.set_grouped_conv_impl(_GROUPED.value)
     device = jax.devices()[0]
     dtype_name = _DTYPE.value

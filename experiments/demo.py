@@ -15,7 +15,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from experiments import config_lib, train
+from experiments import config_lib, host_memory, train
 
 # --config and --workdir are train.py's flags; here --config defaults to 'demo' and --workdir
 # to a fresh temporary directory (every run trains from scratch; pass a dir to resume there).
@@ -26,6 +26,7 @@ _CACHE = flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/n
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
     start = time.time()
     if _CACHE.value:
         jax.config.update('jax_compilation_cache_dir', _CACHE.value)

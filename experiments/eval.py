@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data import pipeline
-from experiments import experiment
+from experiments import experiment, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config name (e.g. nfnet_f1, demo) or path/to/config.py[:arg].',
@@ -32,6 +32,7 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
     if _CONFIG.value is None or not (_WORKDIR.value or _WEIGHTS.value):
         raise app.UsageError('Pass --config=NAME and --workdir=DIR (or --weights=FILE).')
+    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
     if _WEIGHTS.value:
         r = experiment.evaluate_weights(_CONFIG.value, _WEIGHTS.value, split=_SPLIT.value)
     else:

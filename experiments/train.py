@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data import pipeline
-from experiments import checkpointing, config_lib, experiment, train_lib
+from experiments import checkpointing, config_lib, experiment, host_memory, train_lib
 from nfnets import optim
 
 # Batches copied to the devices ahead of the step that uses them.
@@ -268,6 +268,7 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError('Pass --workdir=DIR (checkpoints and TensorBoard events).')
     maybe_initialize_distributed()
+    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_MAX_STEPS.value)

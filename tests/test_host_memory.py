@@ -1,0 +1,62 @@
+"""experiments/host_memory.py: XLA:CPU's temporary buffer stays mapped from one call to the next.
+
+Each case runs in a fresh process: the settings are process-wide, and JAX reads the dispatch
+setting when it creates its CPU client.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+# A jitted function whose temporary buffer (the cumulative sum and its reverse) is far above
+# glibc's mmap threshold; prints the page faults of one call as a fraction of that buffer's pages.
+_SCRIPT = """
+import resource, sys
+import jax, jax.numpy as jnp
+from experiments import host_memory
+print(host_memory.keep_step_buffers_mapped(sys.argv[1] == 'keep'))
+
+@jax.jit
+def f(x):
+    y = jnp.cumsum(x * 2.0)
+    return jnp.sum(y * y[::-1])
+
+x = jnp.ones((16 * 2**20,), jnp.float32)
+temp = f.lower(x).compile().memory_analysis().temp_size_in_bytes
+assert temp > 128 * 2**20, temp
+for _ in range(2):
+    f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+print(faults * resource.getpagesize() / temp)
+"""
+
+
+def _fault_fraction(mode: str) -> tuple[str, float]:
+    out = subprocess.run([sys.executable, '-c', _SCRIPT, mode], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin'})
+    status, fraction = out.stdout.strip().splitlines()[-2:]
+    return status, float(fraction)
+
+
+def _transparent_huge_pages_always() -> bool:
+    path = pathlib.Path('/sys/kernel/mm/transparent_hugepage/enabled')
+    return path.exists() and '[always]' in path.read_text()
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='glibc allocator behaviour')
+def test_step_buffer_is_not_faulted_in_again_once_kept_mapped():
+    status, kept = _fault_fraction('keep')
+    assert 'CPU steps run inline' in status
+    assert kept < 0.05  # a few stray pages, not the buffer
+    status, default = _fault_fraction('default')
+    assert 'defaults' in status
+    if not _transparent_huge_pages_always():
+        # The control: with JAX's and glibc's defaults every call faults the buffer in again.
+        assert default > 0.5
