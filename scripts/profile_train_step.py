@@ -5,8 +5,8 @@ convolutions alone. This script accounts for the rest of the step, which is the 
 the convolution kernels:
 
 - the compiled step's temporary buffer and the host page faults per step (XLA:CPU allocates
-  that buffer afresh for every execution, and glibc maps and unmaps a request that large, so
-  each step faults it in again);
+  that buffer afresh for every execution; with JAX's and glibc's defaults each step faults it
+  in again, and ``--keep_step_buffers`` applies experiments/host_memory.py's fix first);
 - thread milliseconds per step by op kind, from a JAX profiler trace with XLA:CPU's per-op
   trace events (``--xla_cpu_enable_xprof_traceme``). ``ynn_fusion`` ops are what XLA:CPU
   hands to YNNPACK: the convolutions, the matrix products and some reductions;
@@ -64,6 +64,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument('--image_size', type=int, default=192)
     parser.add_argument('--steps', type=int, default=3, help='Profiled (and fault-counted) steps.')
     parser.add_argument('--top', type=int, default=25, help='Op kinds to print.')
+    parser.add_argument('--keep_step_buffers', action='store_true',
+                        help='Apply experiments/host_memory.py first, as the entry points do '
+                             '(by default this profiles JAX\'s and glibc\'s defaults).')
     return parser.parse_args()
 
 
@@ -76,7 +79,9 @@ def main() -> None:
     import jax.numpy as jnp
 
     import nfnets
-    from experiments import benchmark
+    from experiments import benchmark, host_memory
+
+    print(host_memory.keep_step_buffers_mapped(args.keep_step_buffers))
 
     model = nfnets.create_model(args.model, num_classes=1000)
     compiled, train_state, batch, compile_seconds = benchmark._compiled_train_step(
