@@ -390,7 +390,7 @@ _CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', None,
 
 def main(argv):
     del argv
-    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
+    host_memory.apply_from_flags()
     layers.set_grouped_conv_impl(_GROUPED.value)
     device = jax.devices()[0]
     dtype_name = _DTYPE.value

@@ -26,7 +26,7 @@ _CACHE = flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/n
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
+    host_memory.apply_from_flags()
     start = time.time()
     if _CACHE.value:
         jax.config.update('jax_compilation_cache_dir', _CACHE.value)

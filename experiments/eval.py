@@ -32,7 +32,7 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
     if _CONFIG.value is None or not (_WORKDIR.value or _WEIGHTS.value):
         raise app.UsageError('Pass --config=NAME and --workdir=DIR (or --weights=FILE).')
-    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
+    host_memory.apply_from_flags()
     if _WEIGHTS.value:
         r = experiment.evaluate_weights(_CONFIG.value, _WEIGHTS.value, split=_SPLIT.value)
     else:

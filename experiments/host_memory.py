@@ -10,17 +10,20 @@ for large blocks and no trimming of the heap top, so the next step reuses the sa
 
 Only the main arena's settings change, and only when the default backend is the CPU. The CPU
 dispatch setting is read when JAX creates its CPU client, so :func:`keep_step_buffers_mapped`
-must run before the first JAX computation (entry points call it first thing in ``main``); it
-changes nothing on a GPU or TPU, whose steps don't run on the CPU client. The cost: the main
-thread's heap keeps its peak mapped until the process exits, and Python does not overlap the
-next step's dispatch with the current step (it has no other work to overlap on CPU).
+must run before the first JAX computation (entry points call it first thing in ``main``; in a
+multi-process run ``jax.distributed.initialize()`` has started the backend before it, and it
+then says that it applied nothing); it changes nothing on a GPU or TPU, whose steps don't run
+on the CPU client. The cost: the main thread's heap keeps its peak mapped until the process
+exits, and Python does not overlap the next step's dispatch with the current step (it has no
+other work to overlap on CPU).
 """
 
 import ctypes
 import os
 
 import jax
-from absl import flags
+from absl import flags, logging
+from jax._src import xla_bridge  # JAX has no public way to ask whether a backend has started.
 
 KEEP_STEP_BUFFERS = flags.DEFINE_bool(
     'keep_host_step_buffers', True,
@@ -49,6 +52,10 @@ def keep_step_buffers_mapped(enabled: bool = True) -> str:
     """
     if not enabled:
         return 'host step buffers: JAX and glibc defaults (--keep_host_step_buffers=false)'
+    if xla_bridge.backends_are_initialized():
+        # Too late for the dispatch setting (e.g. after jax.distributed.initialize() queried
+        # the devices); without it the buffer stays in a thread's arena, out of mallopt's reach.
+        return 'host step buffers: JAX and glibc defaults (a JAX backend had already started)'
     jax.config.update('jax_cpu_enable_async_dispatch', False)
     if jax.default_backend() != 'cpu':
         return f'host step buffers: not needed on {jax.default_backend()}'
@@ -61,3 +68,8 @@ def keep_step_buffers_mapped(enabled: bool = True) -> str:
         raise RuntimeError(f'glibc refused the mallopt settings: {applied}')
     return ('host step buffers: CPU steps run inline, and the main heap keeps freed memory '
             'mapped (no mmap, no trim)')
+
+
+def apply_from_flags() -> None:
+    """:func:`keep_step_buffers_mapped` as ``--keep_host_step_buffers`` says, logged."""
+    logging.info('%s', keep_step_buffers_mapped(KEEP_STEP_BUFFERS.value))

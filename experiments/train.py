@@ -268,7 +268,7 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError('Pass --workdir=DIR (checkpoints and TensorBoard events).')
     maybe_initialize_distributed()
-    logging.info('%s', host_memory.keep_step_buffers_mapped(host_memory.KEEP_STEP_BUFFERS.value))
+    host_memory.apply_from_flags()
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_MAX_STEPS.value)
