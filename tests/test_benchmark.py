@@ -1,5 +1,8 @@
 """Smoke tests of experiments/benchmark.py's pieces on a tiny NFNet."""
 
+import importlib.util
+import pathlib
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,15 @@ import pytest
 from experiments import benchmark
 from nfnets import layers, optim, registry
 from nfnets.counting import count_model_macs
+
+
+def _load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    path = pathlib.Path(__file__).parents[1] / 'scripts' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(name, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 class _TinyNet(hk.Module):
@@ -92,12 +104,7 @@ def test_conv_peer_script_lists_every_f0_convolution():
     # scripts/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's:
     # the traced MACs minus the classifier (3072 x 1000) and the squeeze-excite linears
     # (C x C/2 and back, per block: one 256, two 512, nine 1536 channels) leave exactly them.
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).parents[1] / 'scripts' / 'conv_layers_vs_torch.py'
-    spec = importlib.util.spec_from_file_location('conv_layers_vs_torch', path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script('conv_layers_vs_torch')
     model = registry.create_model('nfnet_f0', num_classes=1000)
     se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
     assert script.conv_macs() == count_model_macs(model, 192) - 3072 * 1000 - se_macs
@@ -166,12 +173,7 @@ def test_out_of_memory_errors_are_recognised():
 def test_profile_script_sums_thread_time_by_op_kind():
     # scripts/profile_train_step.py's breakdown: op events summed by kind (numbers stripped),
     # per step, in ms (trace durations are microseconds); runtime events are not ops.
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).parents[1] / 'scripts' / 'profile_train_step.py'
-    spec = importlib.util.spec_from_file_location('profile_train_step', path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script('profile_train_step')
     events = [
         {'ph': 'X', 'name': 'ynn_fusion.12', 'dur': 3000},
         {'ph': 'X', 'name': 'ynn_fusion', 'dur': 1000},
@@ -190,12 +192,7 @@ def test_profile_script_sums_thread_time_by_op_kind():
 def test_cpu_vs_timm_script_reads_both_benchmarks_lines():
     # scripts/cpu_vs_timm.py parses the two benchmarks' printed lines (as printed this session)
     # and divides ours by timm's within a round.
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).parents[1] / 'scripts' / 'cpu_vs_timm.py'
-    spec = importlib.util.spec_from_file_location('cpu_vs_timm', path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script('cpu_vs_timm')
     ours = script.throughputs(
         'nfnet_f0: 71.49M params, 4.35 GMACs at 192px\n'
         'nfnet_f0 train batch 8 at 192px:    3.546 img/s,    2256.2 ms/step, compile   26.9 s\n'
