@@ -118,9 +118,8 @@ def _dense_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: st
     summed from XLA's weight-gradient convolutions of small chunks of the batch
     (:func:`_weight_grad_by_chunks`); over few, a strided one's input is moved batch-minor by
     a matrix product first (:func:`_weight_grad_batch_minor`). The input gradient of a stride-2
-    3x3 SAME convolution
-    is taken by phases (:func:`_conv_by_phases`; XLA's runs over the zero-dilated output
-    gradient, 2-2.5x slower); other input gradients are XLA's.
+    3x3 SAME convolution is taken by phases (:func:`_conv_by_phases`; XLA's runs over the
+    zero-dilated output gradient, 2-2.5x slower); other input gradients are XLA's.
     """
     return _xla_conv(x, w, stride, padding)
 
