@@ -15,7 +15,9 @@ Run it once per framework (the frameworks live in different environments), then 
 
 Times are wall milliseconds (min over repeats) at batch 8 and F0's 192 px training resolution,
 with every thread of the machine; 'bwd' is the input plus weight gradient (no input gradient
-for the stem's first convolution, whose input is the image).
+for the stem's first convolution, whose input is the image). ``--image_size=256
+--forward_only`` times the eval forward's convolutions instead (F0's 256 px test resolution):
+their total is the floor under our eval forward, against the peer's.
 """
 
 import argparse
@@ -48,13 +50,21 @@ def _min_ms(fn, repeats: int) -> float:
     return 1e3 * best
 
 
-def conv_macs() -> int:
-    """Multiply-adds of F0_CONVS at 192 px for one image (the tests check it against F0)."""
+def f0_convs(image_size: int = 192) -> list[tuple]:
+    """F0_CONVS at another input resolution (a multiple of 32, F0's total stride)."""
+    if image_size % 32:
+        raise ValueError(f'image_size must be a multiple of 32, got {image_size}.')
+    return [(size * image_size // 192, *rest) for size, *rest in F0_CONVS]
+
+
+def conv_macs(image_size: int = 192) -> int:
+    """Multiply-adds of F0's convolutions for one image (the tests check it against F0)."""
     return sum(count * (size // stride) ** 2 * k * k * cin // groups * cout
-               for size, cin, cout, k, stride, groups, count in F0_CONVS)
+               for size, cin, cout, k, stride, groups, count in f0_convs(image_size))
 
 
-def _jax_layer(size, cin, cout, k, stride, groups, repeats: int) -> tuple[float, float]:
+def _jax_layer(size, cin, cout, k, stride, groups, repeats: int, forward_only: bool
+               ) -> tuple[float, float]:
     import jax
     import jax.numpy as jnp
 
@@ -63,39 +73,46 @@ def _jax_layer(size, cin, cout, k, stride, groups, repeats: int) -> tuple[float,
     x = jax.random.normal(key, (BATCH, size, size, cin))
     w = jax.random.normal(key, (k, k, cin // groups, cout)) * 0.05
     conv = lambda x, w: layers.grouped_conv(x, w, (stride, stride), 'SAME', groups, 'split')
-    dy = jnp.ones_like(conv(x, w))
     fwd = jax.jit(conv)
+    fwd_ms = _min_ms(lambda: jax.block_until_ready(fwd(x, w)), repeats)
+    if forward_only:
+        return fwd_ms, 0.0
+    dy = jnp.ones_like(conv(x, w))
     if cin != 3:
         bwd = jax.jit(lambda x, w: jax.vjp(conv, x, w)[1](dy))
     else:  # the image needs no gradient
         bwd = jax.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](dy))
-    return (_min_ms(lambda: jax.block_until_ready(fwd(x, w)), repeats),
-            _min_ms(lambda: jax.block_until_ready(bwd(x, w)), repeats))
+    return fwd_ms, _min_ms(lambda: jax.block_until_ready(bwd(x, w)), repeats)
 
 
-def _torch_layer(size, cin, cout, k, stride, groups, repeats: int) -> tuple[float, float]:
+def _torch_layer(size, cin, cout, k, stride, groups, repeats: int, forward_only: bool
+                 ) -> tuple[float, float]:
     import torch
     needs_dx = cin != 3  # the image needs no gradient
     x = torch.randn(BATCH, cin, size, size, requires_grad=needs_dx)
     conv = torch.nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False)
-    dy = torch.ones_like(conv(x))
-    inputs = (x, conv.weight) if needs_dx else (conv.weight,)
 
     def fwd():
         with torch.no_grad():
             conv(x)
 
     fwd_ms = _min_ms(fwd, repeats)
+    if forward_only:
+        return fwd_ms, 0.0
+    dy = torch.ones_like(conv(x))
+    inputs = (x, conv.weight) if needs_dx else (conv.weight,)
     both_ms = _min_ms(lambda: torch.autograd.grad(conv(x), inputs, dy), repeats)
     return fwd_ms, max(both_ms - fwd_ms, 0.0)
 
 
-def time_layers(framework: str, repeats: int) -> list[dict]:
-    """Per-layer forward and backward milliseconds for every convolution shape of F0."""
+def time_layers(framework: str, repeats: int, image_size: int = 192,
+                forward_only: bool = False) -> list[dict]:
+    """Per-layer forward and backward (0 if ``forward_only``) milliseconds for every
+    convolution shape of F0 at ``image_size``."""
     time_layer = _jax_layer if framework == 'jax' else _torch_layer
     rows = []
-    for size, cin, cout, k, stride, groups, count in F0_CONVS:
-        fwd, bwd = time_layer(size, cin, cout, k, stride, groups, repeats)
+    for size, cin, cout, k, stride, groups, count in f0_convs(image_size):
+        fwd, bwd = time_layer(size, cin, cout, k, stride, groups, repeats, forward_only)
         rows.append(dict(layer=[size, cin, cout, k, stride, groups], count=count, fwd=fwd,
                          bwd=bwd))
         print(rows[-1], flush=True)
@@ -119,6 +136,10 @@ def compare(ours: list[dict], peer: list[dict]) -> str:
         lines.append(f'{" ".join(map(str, a["layer"])):>24} {n:>3} {a["fwd"]:9.1f} '
                      f'{a["bwd"]:7.1f} {b["fwd"]:9.1f} {b["bwd"]:7.1f} {ratio:6.2f}')
     ours_total, peer_total = totals['of'] + totals['ob'], totals['pf'] + totals['pb']
+    if not totals['ob'] and not totals['pb']:  # --forward_only runs
+        lines.append(f'F0 forward, all convolutions: ours {ours_total:.0f} ms, peer '
+                     f'{peer_total:.0f} ms; peer/ours {peer_total / ours_total:.2f}')
+        return '\n'.join(lines)
     lines.append(f'F0 step, all convolutions: ours {ours_total:.0f} ms (fwd {totals["of"]:.0f}, '
                  f'bwd {totals["ob"]:.0f}), peer {peer_total:.0f} ms (fwd {totals["pf"]:.0f}, '
                  f'bwd {totals["pb"]:.0f}); peer/ours {peer_total / ours_total:.2f} '
@@ -132,6 +153,10 @@ def main() -> None:
     parser.add_argument('--out', help='Where to write the per-layer times (JSON).')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--compare', nargs=2, metavar=('OURS_JSON', 'PEER_JSON'))
+    parser.add_argument('--image_size', type=int, default=192,
+                        help='Input resolution (a multiple of 32); 256 is F0\'s eval size.')
+    parser.add_argument('--forward_only', action='store_true',
+                        help='Time only the forward convolutions (the eval forward).')
     args = parser.parse_args()
     if args.compare:
         with open(args.compare[0]) as f, open(args.compare[1]) as g:
@@ -139,7 +164,7 @@ def main() -> None:
         return
     if not args.framework:
         parser.error('give --framework (to time) or --compare (to compare two runs).')
-    rows = time_layers(args.framework, args.repeats)
+    rows = time_layers(args.framework, args.repeats, args.image_size, args.forward_only)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(rows, f)

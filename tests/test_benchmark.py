@@ -107,8 +107,11 @@ def test_conv_peer_script_lists_every_f0_convolution():
     script = _load_script('conv_layers_vs_torch')
     model = registry.create_model('nfnet_f0', num_classes=1000)
     se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
-    assert script.conv_macs() == count_model_macs(model, 192) - 3072 * 1000 - se_macs
+    for size in (192, 256):  # the train and the eval resolution
+        assert script.conv_macs(size) == count_model_macs(model, size) - 3072 * 1000 - se_macs
     assert sum(count for *_, count in script.F0_CONVS) == 57  # F0's WSConv2D layers
+    with pytest.raises(ValueError, match='multiple of 32'):
+        script.f0_convs(200)
 
 
 def test_batch_fit_largest_batch_closed_form():
