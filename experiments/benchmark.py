@@ -140,9 +140,14 @@ def build_train_step(model, opt_config, *, params, batch_size: int,
 
 
 def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
-    """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode."""
+    """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode.
+
+    As experiment.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
+    weight standardization happens once per evaluation, outside the per-batch forward.
+    """
     def forward(params, state, images):
-        out, _ = model.apply(params, state, None, images.astype(dtype), is_training=False)
+        with layers.standardized_weights():
+            out, _ = model.apply(params, state, None, images.astype(dtype), is_training=False)
         return out['logits']
     return jax.jit(forward)
 
@@ -278,6 +283,7 @@ def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.
     images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
     # Initialised in training mode so that models with state (BatchNorm averages) have it.
     params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
+    params = jax.jit(layers.standardize_params)(params)  # once per evaluation, not timed
     forward = build_eval_step(model, dtype)
     start = time.perf_counter()
     compiled = forward.lower(params, state, images).compile()

@@ -15,7 +15,7 @@ import numpy as np
 
 from data import pipeline
 from experiments import checkpointing, train_lib
-from nfnets import optim
+from nfnets import layers, optim
 
 
 @dataclasses.dataclass
@@ -70,8 +70,10 @@ class Evaluator:
     def __init__(self, model, config: ml_collections.ConfigDict):
         self.config = config
         self.model = model
-        self._step = jax.pmap(train_lib.make_eval_step(model, config),
+        self._step = jax.pmap(train_lib.make_eval_step(model, config, standardized=True),
                               axis_name=train_lib.AXIS)
+        # Weight standardization once per evaluation, not in every batch's forward pass.
+        self._standardize = jax.pmap(layers.standardize_params)
 
     def batches(self, split: str, image_size: int):
         per_device = train_lib.per_device_batch(self.config.eval_batch_size, 'eval_batch_size')
@@ -85,6 +87,7 @@ class Evaluator:
             batches=None) -> dict:
         """``params``/``model_state`` replicated over local devices. Returns global metrics."""
         batches = self.batches(split, image_size) if batches is None else batches
+        params = self._standardize(params)
         totals = None
         start, first_count = time.time(), 0.0
         for batch in batches:
