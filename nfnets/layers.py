@@ -229,7 +229,7 @@ def _weight_grad_batch_minor(x: jax.Array, g: jax.Array, w_shape: Sequence[int],
     ``N x N`` identity hands the same move to the matrix-product library and gives
     ``[H, W, C, N]`` (16 against 33 ms for that layer's six groups); XLA's remaining transpose
     moves whole ``N``-element rows. Exact for finite inputs (each output is ``x * 1`` plus
-    zeros); an infinite input would spread NaN across its batch row.
+    zeros); an infinite input turns its position NaN for the whole batch.
     """
     kh, kw = w_shape[:2]
     pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
@@ -335,9 +335,9 @@ def standardized_weights() -> Iterator[None]:
     """While active, WSConv2D modules read weights already standardized by standardize_params.
 
     For inference: evaluating one set of weights on many batches, standardizing once saves
-    each forward pass a pass over every weight (2% of F0's CPU eval forward at batch 8; more
-    at small batches on accelerators). Enter it inside the traced function. Parameters
-    without ``w_standardized`` fail to apply rather than run unstandardized.
+    each forward pass a pass over every weight (4% of F0's CPU eval forward at batch 8).
+    Enter it inside the traced function. Parameters without ``w_standardized`` fail to apply
+    rather than run unstandardized.
     """
     previous = getattr(_standardized_state, 'active', False)
     _standardized_state.active = True
