@@ -107,9 +107,16 @@ def test_conv_peer_script_lists_every_f0_convolution():
     script = _load_script('conv_layers_vs_torch')
     model = registry.create_model('nfnet_f0', num_classes=1000)
     se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
-    for size in (192, 256):  # the train and the eval resolution
-        assert script.conv_macs(size) == count_model_macs(model, size) - 3072 * 1000 - se_macs
+    assert script.conv_macs() == count_model_macs(model, 192) - 3072 * 1000 - se_macs
     assert sum(count for *_, count in script.F0_CONVS) == 57  # F0's WSConv2D layers
+
+
+def test_conv_peer_script_scales_the_layers_to_the_eval_resolution():
+    # --image_size=256 (F0's eval size) must list the convolutions of F0's 256 px forward.
+    script = _load_script('conv_layers_vs_torch')
+    model = registry.create_model('nfnet_f0', num_classes=1000)
+    se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
+    assert script.conv_macs(256) == count_model_macs(model, 256) - 3072 * 1000 - se_macs
     with pytest.raises(ValueError, match='multiple of 32'):
         script.f0_convs(200)
 
