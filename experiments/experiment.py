@@ -70,7 +70,7 @@ class Evaluator:
     def __init__(self, model, config: ml_collections.ConfigDict):
         self.config = config
         self.model = model
-        self._step = jax.pmap(train_lib.make_eval_step(model, config, standardized=True),
+        self._step = jax.pmap(train_lib.make_eval_step(model, config),
                               axis_name=train_lib.AXIS)
         # Weight standardization once per evaluation, not in every batch's forward pass.
         self._standardize = jax.pmap(layers.standardize_params)

@@ -7,7 +7,6 @@ draws exactly the numbers an unbroken run draws.
 """
 
 import collections
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -163,18 +162,18 @@ def make_train_step(model: nfnets.Model, optimizer: optax.GradientTransformation
     return train_step
 
 
-def make_eval_step(model: nfnets.Model, config: ml_collections.ConfigDict,
-                   standardized: bool = False) -> Callable[[Any, Any, dict], dict]:
+def make_eval_step(model: nfnets.Model, config: ml_collections.ConfigDict
+                   ) -> Callable[[Any, Any, dict], dict]:
     """Per-device eval on a masked batch; returns psum-ed counts and sums (exact totals).
 
-    ``standardized``: ``params`` come from ``layers.standardize_params`` (weights standardized
-    once per evaluation instead of in every batch's forward pass).
+    ``params`` come from ``layers.standardize_params``: weights are standardized once per
+    evaluation, not in every batch's forward pass.
     """
     dtype = compute_dtype(config)
 
     def eval_step(params, model_state, batch):
         images = batch['images'].astype(dtype)
-        with layers.standardized_weights() if standardized else contextlib.nullcontext():
+        with layers.standardized_weights():
             outputs, _ = model.apply(params, model_state, None, images, is_training=False)
         logits = outputs['logits'].astype(jnp.float32)
         labels = batch['labels']

@@ -100,23 +100,25 @@ def test_peak_flops_table():
     assert mem > 0 and 'RSS' in what
 
 
-def test_conv_peer_script_lists_every_f0_convolution():
-    # scripts/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's:
-    # the traced MACs minus the classifier (3072 x 1000) and the squeeze-excite linears
-    # (C x C/2 and back, per block: one 256, two 512, nine 1536 channels) leave exactly them.
-    script = _load_script('conv_layers_vs_torch')
+def _f0_conv_macs(image_size: int) -> int:
+    """F0's traced MACs minus the classifier (3072 x 1000) and the squeeze-excite linears
+    (C x C/2 and back, per block: one 256, two 512, nine 1536 channels): its convolutions."""
     model = registry.create_model('nfnet_f0', num_classes=1000)
     se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
-    assert script.conv_macs() == count_model_macs(model, 192) - 3072 * 1000 - se_macs
+    return count_model_macs(model, image_size) - 3072 * 1000 - se_macs
+
+
+def test_conv_peer_script_lists_every_f0_convolution():
+    # scripts/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's.
+    script = _load_script('conv_layers_vs_torch')
+    assert script.conv_macs() == _f0_conv_macs(192)
     assert sum(count for *_, count in script.F0_CONVS) == 57  # F0's WSConv2D layers
 
 
 def test_conv_peer_script_scales_the_layers_to_the_eval_resolution():
     # --image_size=256 (F0's eval size) must list the convolutions of F0's 256 px forward.
     script = _load_script('conv_layers_vs_torch')
-    model = registry.create_model('nfnet_f0', num_classes=1000)
-    se_macs = 256 ** 2 + 2 * 512 ** 2 + 9 * 1536 ** 2
-    assert script.conv_macs(256) == count_model_macs(model, 256) - 3072 * 1000 - se_macs
+    assert script.conv_macs(256) == _f0_conv_macs(256)
     with pytest.raises(ValueError, match='multiple of 32'):
         script.f0_convs(200)
 
