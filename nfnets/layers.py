@@ -339,7 +339,7 @@ def standardized_weights() -> Iterator[None]:
     Enter it inside the traced function. Parameters without ``w_standardized`` fail to apply
     rather than run unstandardized.
     """
-    previous = getattr(_standardized_state, 'active', False)
+    previous = weights_are_standardized()
     _standardized_state.active = True
     try:
         yield
