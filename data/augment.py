@@ -20,9 +20,23 @@ import tensorflow as tf
 
 MAX_LEVEL = 10.0
 FILL_VALUE = 128
-OPS = ('AutoContrast', 'Equalize', 'Rotate', 'Solarize', 'Color', 'Posterize', 'Contrast',
-       'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout',
-       'SolarizeAdd')
+OPS = (
+  'AutoContrast',
+  'Equalize',
+  'Rotate',
+  'Solarize',
+  'Color',
+  'Posterize',
+  'Contrast',
+  'Brightness',
+  'Sharpness',
+  'ShearX',
+  'ShearY',
+  'TranslateX',
+  'TranslateY',
+  'Cutout',
+  'SolarizeAdd',
+)
 GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
 
 
@@ -40,9 +54,13 @@ def _transform(image: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
   """Projective transform (output pixel -> input pixel), nearest neighbour, grey fill."""
   shape = tf.shape(image)
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=tf.reshape(tf.cast(transform, tf.float32), [1, 8]),
-      output_shape=shape[:2], fill_value=float(FILL_VALUE), interpolation='NEAREST',
-      fill_mode='CONSTANT')
+    images=image[None],
+    transforms=tf.reshape(tf.cast(transform, tf.float32), [1, 8]),
+    output_shape=shape[:2],
+    fill_value=float(FILL_VALUE),
+    interpolation='NEAREST',
+    fill_mode='CONSTANT',
+  )
   return out[0]
 
 
@@ -54,7 +72,9 @@ def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
   cos, sin = tf.cos(radians), tf.sin(radians)
   x_offset = (w - (cos * w - sin * h)) / 2.0
   y_offset = (h - (sin * w + cos * h)) / 2.0
-  return _transform(image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
+  )
 
 
 def shear_x(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
@@ -66,21 +86,33 @@ def shear_y(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
 
 
 def translate_x(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-  return _transform(image, tf.stack([1.0, 0.0, -pixels, 0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([1.0, 0.0, -pixels, 0.0, 1.0, 0.0, 0.0, 0.0])
+  )
 
 
 def translate_y(image: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-  return _transform(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, -pixels, 0.0, 0.0]))
+  return _transform(
+    image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, -pixels, 0.0, 0.0])
+  )
 
 
 def solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
   """Inverts pixels at or above the threshold."""
-  return tf.where(tf.cast(image, tf.int32) < tf.cast(threshold, tf.int32), image, 255 - image)
+  return tf.where(
+    tf.cast(image, tf.int32) < tf.cast(threshold, tf.int32), image, 255 - image
+  )
 
 
-def solarize_add(image: tf.Tensor, addition: tf.Tensor, threshold: int = 128) -> tf.Tensor:
-  added = tf.clip_by_value(tf.cast(image, tf.int32) + tf.cast(addition, tf.int32), 0, 255)
-  return tf.where(tf.cast(image, tf.int32) < threshold, tf.cast(added, tf.uint8), image)
+def solarize_add(
+  image: tf.Tensor, addition: tf.Tensor, threshold: int = 128
+) -> tf.Tensor:
+  added = tf.clip_by_value(
+    tf.cast(image, tf.int32) + tf.cast(addition, tf.int32), 0, 255
+  )
+  return tf.where(
+    tf.cast(image, tf.int32) < threshold, tf.cast(added, tf.uint8), image
+  )
 
 
 def color(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
@@ -110,24 +142,33 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   smooth = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], 'VALID')
   smooth = tf.cast(tf.clip_by_value(tf.round(smooth[0]), 0.0, 255.0), tf.uint8)
   padded = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
-  border = tf.pad(tf.zeros_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]], constant_values=True)
+  border = tf.pad(
+    tf.zeros_like(smooth, tf.bool),
+    [[1, 1], [1, 1], [0, 0]],
+    constant_values=True,
+  )
   degenerate = tf.where(border, image, padded)
   return blend(degenerate, image, factor)
 
 
 def auto_contrast(image: tf.Tensor) -> tf.Tensor:
   """Stretches each channel to the full [0, 255] range."""
+
   def channel(c):
     c = tf.cast(c, tf.float32)
     lo, hi = tf.reduce_min(c), tf.reduce_max(c)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.where(hi > lo, tf.clip_by_value(c * scale - lo * scale, 0.0, 255.0), c)
+    out = tf.where(
+      hi > lo, tf.clip_by_value(c * scale - lo * scale, 0.0, 255.0), c
+    )
     return tf.cast(out, tf.uint8)
+
   return tf.stack([channel(image[..., i]) for i in range(3)], axis=-1)
 
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
   """Per-channel histogram equalisation (PIL's ImageOps.equalize algorithm)."""
+
   def channel(c):
     c = tf.cast(c, tf.int32)
     histo = tf.histogram_fixed_width(c, [0, 255], nbins=256)
@@ -137,6 +178,7 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
     lut = (tf.cumsum(histo) + safe_step // 2) // safe_step
     lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
     return tf.cast(tf.where(step > 0, tf.gather(lut, c), c), tf.uint8)
+
   return tf.stack([channel(image[..., i]) for i in range(3)], axis=-1)
 
 
@@ -146,16 +188,24 @@ def cutout(image: tf.Tensor, pad_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   cy = tf.random.stateless_uniform([], _fold(seed, 0), 0, h, tf.int32)
   cx = tf.random.stateless_uniform([], _fold(seed, 1), 0, w, tf.int32)
   ys, xs = tf.range(h)[:, None], tf.range(w)[None, :]
-  inside = ((ys >= cy - pad_size) & (ys < cy + pad_size)
-            & (xs >= cx - pad_size) & (xs < cx + pad_size))
+  inside = (
+    (ys >= cy - pad_size)
+    & (ys < cy + pad_size)
+    & (xs >= cx - pad_size)
+    & (xs < cx + pad_size)
+  )
   return tf.where(inside[..., None], tf.cast(FILL_VALUE, image.dtype), image)
 
 
-def apply_op(name: str, image: tf.Tensor, magnitude: float, seed: tf.Tensor) -> tf.Tensor:
+def apply_op(
+  name: str, image: tf.Tensor, magnitude: float, seed: tf.Tensor
+) -> tf.Tensor:
   """Applies one RandAugment op at `magnitude` (0-10 nominal) to a uint8 [H, W, 3] image."""
   frac = magnitude / MAX_LEVEL
   size = float(min(image.shape[0], image.shape[1]))
-  sign = tf.where(tf.random.stateless_uniform([], _fold(seed, 0)) < 0.5, -1.0, 1.0)
+  sign = tf.where(
+    tf.random.stateless_uniform([], _fold(seed, 0)) < 0.5, -1.0, 1.0
+  )
   enhance = frac * 1.8 + 0.1
   if name == 'AutoContrast':
     return auto_contrast(image)
@@ -190,17 +240,23 @@ def apply_op(name: str, image: tf.Tensor, magnitude: float, seed: tf.Tensor) -> 
   raise ValueError(f'Unknown RandAugment op {name!r}; accepted: {OPS}.')
 
 
-def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int,
-                magnitude: float) -> tf.Tensor:
+def randaugment(
+  image: tf.Tensor, seed: tf.Tensor, num_layers: int, magnitude: float
+) -> tf.Tensor:
   """RandAugment on a float [S, S, 3] image in [0, 255] (static shape): `num_layers` ops drawn
   uniformly, each at `magnitude`. Returns float32 in [0, 255], as the official code, which
   clips and casts to uint8 first."""
   image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
   for layer in range(num_layers):
     layer_seed = _fold(seed, layer)
-    index = tf.random.stateless_uniform([], _fold(layer_seed, 0), 0, len(OPS), tf.int32)
+    index = tf.random.stateless_uniform(
+      [], _fold(layer_seed, 0), 0, len(OPS), tf.int32
+    )
     op_seed = _fold(layer_seed, 1)
-    branches = [lambda n=name, x=image, s=op_seed: apply_op(n, x, magnitude, s) for name in OPS]
+    branches = [
+      lambda n=name, x=image, s=op_seed: apply_op(n, x, magnitude, s)
+      for name in OPS
+    ]
     image = tf.switch_case(index, branches)
   return tf.cast(image, tf.float32)
 
@@ -230,12 +286,22 @@ def cutmix_masks(n, height: int, width: int, seed: tf.Tensor) -> tf.Tensor:
   cut = tf.sqrt(1.0 - proportion)
   half_w = tf.cast(cut * width, tf.int32) // 2
   half_h = tf.cast(cut * height, tf.int32) // 2
-  x1, x2 = tf.clip_by_value(cx - half_w, 0, width), tf.clip_by_value(cx + half_w, 0, width)
-  y1, y2 = tf.clip_by_value(cy - half_h, 0, height), tf.clip_by_value(cy + half_h, 0, height)
+  x1, x2 = (
+    tf.clip_by_value(cx - half_w, 0, width),
+    tf.clip_by_value(cx + half_w, 0, width),
+  )
+  y1, y2 = (
+    tf.clip_by_value(cy - half_h, 0, height),
+    tf.clip_by_value(cy + half_h, 0, height),
+  )
   ys = tf.range(height)[None, :, None]
   xs = tf.range(width)[None, None, :]
-  inside = ((ys >= y1[:, None, None]) & (ys < y2[:, None, None])
-            & (xs >= x1[:, None, None]) & (xs < x2[:, None, None]))
+  inside = (
+    (ys >= y1[:, None, None])
+    & (ys < y2[:, None, None])
+    & (xs >= x1[:, None, None])
+    & (xs < x2[:, None, None])
+  )
   return tf.cast(inside, tf.float32)[..., None]
 
 
@@ -247,20 +313,32 @@ def cutmix(images_a, images_b, seed: tf.Tensor):
   return mask * images_a + (1.0 - mask) * images_b, ratio
 
 
-def mix_batch(batch: dict, seed: tf.Tensor, *, use_mixup: bool, use_cutmix: bool,
-              mixup_alpha: float = 0.2) -> dict:
+def mix_batch(
+  batch: dict,
+  seed: tf.Tensor,
+  *,
+  use_mixup: bool,
+  use_cutmix: bool,
+  mixup_alpha: float = 0.2,
+) -> dict:
   """2B examples -> B mixed outputs with 'labels', 'mix_labels' and 'ratio' (see module doc)."""
   images, labels, position = batch['images'], batch['labels'], batch['position']
   n = tf.shape(images)[0]
   if use_mixup and use_cutmix:
     q = n // 4
-    mixed_a, ratio_a = mixup(images[:q], images[q:2 * q], _fold(seed, 0), mixup_alpha)
-    mixed_b, ratio_b = cutmix(images[2 * q:3 * q], images[3 * q:], _fold(seed, 1))
-    return {'images': tf.concat([mixed_a, mixed_b], 0),
-            'labels': tf.concat([labels[:q], labels[2 * q:3 * q]], 0),
-            'mix_labels': tf.concat([labels[q:2 * q], labels[3 * q:]], 0),
-            'ratio': tf.concat([ratio_a, ratio_b], 0),
-            'position': tf.concat([position[:q], position[2 * q:3 * q]], 0)}
+    mixed_a, ratio_a = mixup(
+      images[:q], images[q : 2 * q], _fold(seed, 0), mixup_alpha
+    )
+    mixed_b, ratio_b = cutmix(
+      images[2 * q : 3 * q], images[3 * q :], _fold(seed, 1)
+    )
+    return {
+      'images': tf.concat([mixed_a, mixed_b], 0),
+      'labels': tf.concat([labels[:q], labels[2 * q : 3 * q]], 0),
+      'mix_labels': tf.concat([labels[q : 2 * q], labels[3 * q :]], 0),
+      'ratio': tf.concat([ratio_a, ratio_b], 0),
+      'position': tf.concat([position[:q], position[2 * q : 3 * q]], 0),
+    }
   h = n // 2
   if use_mixup:
     mixed, ratio = mixup(images[:h], images[h:], _fold(seed, 0), mixup_alpha)
@@ -268,5 +346,10 @@ def mix_batch(batch: dict, seed: tf.Tensor, *, use_mixup: bool, use_cutmix: bool
     mixed, ratio = cutmix(images[:h], images[h:], _fold(seed, 1))
   else:
     raise ValueError('mix_batch needs mixup=True or cutmix=True.')
-  return {'images': mixed, 'labels': labels[:h], 'mix_labels': labels[h:], 'ratio': ratio,
-          'position': position[:h]}
+  return {
+    'images': mixed,
+    'labels': labels[:h],
+    'mix_labels': labels[h:],
+    'ratio': ratio,
+    'position': position[:h],
+  }

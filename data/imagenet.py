@@ -27,15 +27,21 @@ Then pass data_dir={data_dir} (the directory that contains imagenet2012/)."""
 
 
 def default_data_dir() -> str:
-  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  return os.path.expanduser(
+    os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+  )
 
 
 def check_prepared(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
   """Raises FileNotFoundError with preparation instructions if ImageNet is missing."""
   if not builder.is_prepared():
-    raise FileNotFoundError(_PREPARE_HELP.format(
-        data_dir=data_dir, version_dir=builder.data_dir,
-        manual_dir=os.path.join(data_dir, 'downloads', 'manual')))
+    raise FileNotFoundError(
+      _PREPARE_HELP.format(
+        data_dir=data_dir,
+        version_dir=builder.data_dir,
+        manual_dir=os.path.join(data_dir, 'downloads', 'manual'),
+      )
+    )
 
 
 def get_builder(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -49,9 +55,9 @@ def split_range(split: str) -> tuple[str, int, int]:
   """(TFDS split, start, end) of one of our splits, in absolute example indices."""
   train = SPLIT_SIZES['train']
   ranges = {
-      'train': ('train', 0, train),
-      'train_minus_valid': ('train', HOLDOUT, train),
-      'valid': ('train', 0, HOLDOUT),
-      'test': ('validation', 0, SPLIT_SIZES['validation']),
+    'train': ('train', 0, train),
+    'train_minus_valid': ('train', HOLDOUT, train),
+    'valid': ('train', 0, HOLDOUT),
+    'test': ('validation', 0, SPLIT_SIZES['validation']),
   }
   return ranges[split]

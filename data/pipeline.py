@@ -37,11 +37,14 @@ _RA_TAG, _MIX_TAG = 3, 7
 @dataclasses.dataclass(frozen=True)
 class Source:
   """What differs between datasets; everything else is shared pipeline code."""
+
   name: str
   num_classes: int
   get_builder: Callable[[str | None], tfds.core.DatasetBuilder]
   split_range: Callable[[str], tuple[str, int, int]]
-  decode: Callable[[tf.Tensor], tf.Tensor] | None  # None: keep JPEG bytes (decode-and-crop).
+  decode: (
+    Callable[[tf.Tensor], tf.Tensor] | None
+  )  # None: keep JPEG bytes (decode-and-crop).
   train_area_range: tuple[float, float]
   train_flip: bool
   default_eval_preproc: str
@@ -52,25 +55,37 @@ def _decode_grey_png(image_bytes: tf.Tensor) -> tf.Tensor:
 
 
 SOURCES = {
-    imagenet.NAME: Source(
-        name=imagenet.NAME, num_classes=imagenet.NUM_CLASSES,
-        get_builder=lambda d: imagenet.get_builder(d), split_range=imagenet.split_range,
-        decode=None, train_area_range=(0.08, 1.0), train_flip=True,
-        default_eval_preproc='resize_crop_32'),
-    # Digits: no flip (mirrored digits are other symbols), milder crops that keep the digit, and
-    # a plain resize for eval (the 32 px eval crop is tuned for 224+ px photos, it would cut the
-    # digit of a 28 px image).
-    embedded_mnist.NAME: Source(
-        name=embedded_mnist.NAME, num_classes=embedded_mnist.NUM_CLASSES,
-        get_builder=lambda d: embedded_mnist.get_builder(d),
-        split_range=embedded_mnist.split_range, decode=_decode_grey_png,
-        train_area_range=(0.64, 1.0), train_flip=False, default_eval_preproc='resize'),
+  imagenet.NAME: Source(
+    name=imagenet.NAME,
+    num_classes=imagenet.NUM_CLASSES,
+    get_builder=lambda d: imagenet.get_builder(d),
+    split_range=imagenet.split_range,
+    decode=None,
+    train_area_range=(0.08, 1.0),
+    train_flip=True,
+    default_eval_preproc='resize_crop_32',
+  ),
+  # Digits: no flip (mirrored digits are other symbols), milder crops that keep the digit, and
+  # a plain resize for eval (the 32 px eval crop is tuned for 224+ px photos, it would cut the
+  # digit of a 28 px image).
+  embedded_mnist.NAME: Source(
+    name=embedded_mnist.NAME,
+    num_classes=embedded_mnist.NUM_CLASSES,
+    get_builder=lambda d: embedded_mnist.get_builder(d),
+    split_range=embedded_mnist.split_range,
+    decode=_decode_grey_png,
+    train_area_range=(0.64, 1.0),
+    train_flip=False,
+    default_eval_preproc='resize',
+  ),
 }
 
 
 def _source(dataset: str) -> Source:
   if dataset not in SOURCES:
-    raise ValueError(f'Unknown dataset {dataset!r}; accepted: {sorted(SOURCES)}.')
+    raise ValueError(
+      f'Unknown dataset {dataset!r}; accepted: {sorted(SOURCES)}.'
+    )
   return SOURCES[dataset]
 
 
@@ -91,11 +106,15 @@ def num_examples(dataset: str, split: str, data_dir: str | None = None) -> int:
   return end - start
 
 
-def shard_range(start: int, end: int, process_index: int, process_count: int) -> tuple[int, int]:
+def shard_range(
+  start: int, end: int, process_index: int, process_count: int
+) -> tuple[int, int]:
   """This process's contiguous part of [start, end); sizes differ by at most one."""
   n = end - start
-  return (start + n * process_index // process_count,
-          start + n * (process_index + 1) // process_count)
+  return (
+    start + n * process_index // process_count,
+    start + n * (process_index + 1) // process_count,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,15 +134,22 @@ def parse_augment(augment: str | None) -> AugmentSpec:
   'cutmix_mixup_randaugment_415' (official: MixUp on half the batch, CutMix on the other)."""
   if not augment:
     return AugmentSpec(None, False, False)
-  accepted = ("'randaugment_LMM' (L layers, magnitude MM), 'mixup', 'mixup_<alpha>', 'cutmix', "
-              "joined with '_', e.g. 'cutmix_mixup_randaugment_405'")
+  accepted = (
+    "'randaugment_LMM' (L layers, magnitude MM), 'mixup', 'mixup_<alpha>', 'cutmix', "
+    "joined with '_', e.g. 'cutmix_mixup_randaugment_405'"
+  )
   tokens = augment.split('_')
   ra, mixup, cutmix, alpha = None, False, False, 0.2
   i = 0
   while i < len(tokens):
     tok = tokens[i]
     nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-    if tok == 'randaugment' and nxt is not None and nxt.isdigit() and len(nxt) >= 2:
+    if (
+      tok == 'randaugment'
+      and nxt is not None
+      and nxt.isdigit()
+      and len(nxt) >= 2
+    ):
       ra = (int(nxt[0]), int(nxt[1:]))
       i += 2
     elif tok == 'mixup':
@@ -139,32 +165,50 @@ def parse_augment(augment: str | None) -> AugmentSpec:
       cutmix = True
       i += 1
     else:
-      raise ValueError(f'Cannot parse augment {augment!r} at {tok!r}; accepted: {accepted}.')
+      raise ValueError(
+        f'Cannot parse augment {augment!r} at {tok!r}; accepted: {accepted}.'
+      )
   if ra is not None and not 0 <= ra[1] <= 30:
-    raise ValueError(f'RandAugment magnitude must be in [0, 30], got {ra[1]} in {augment!r}.')
+    raise ValueError(
+      f'RandAugment magnitude must be in [0, 30], got {ra[1]} in {augment!r}.'
+    )
   return AugmentSpec(ra, mixup, cutmix, alpha)
 
 
-def _read_shard(source: Source, split: str, data_dir: str | None, process_index: int,
-                process_count: int) -> tuple[tf.data.Dataset, int, int]:
+def _read_shard(
+  source: Source,
+  split: str,
+  data_dir: str | None,
+  process_index: int,
+  process_count: int,
+) -> tuple[tf.data.Dataset, int, int]:
   """Raw (image bytes, label) records of this process's shard in a fixed order."""
   tfds_split, start, end = source.split_range(split)
   if end - start < process_count:
-    raise ValueError(f'{source.name}/{split} has {end - start} examples, fewer than '
-                     f'process_count={process_count}.')
+    raise ValueError(
+      f'{source.name}/{split} has {end - start} examples, fewer than '
+      f'process_count={process_count}.'
+    )
   lo, hi = shard_range(start, end, process_index, process_count)
   max_shard = math.ceil((end - start) / process_count)
   builder = source.get_builder(data_dir)
   ds = builder.as_dataset(
-      split=f'{tfds_split}[{lo}:{hi}]', decoders={'image': tfds.decode.SkipDecoding()},
-      shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=False))
+    split=f'{tfds_split}[{lo}:{hi}]',
+    decoders={'image': tfds.decode.SkipDecoding()},
+    shuffle_files=False,
+    read_config=tfds.ReadConfig(add_tfds_id=False),
+  )
   ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
   return ds, hi - lo, max_shard
 
 
 def _log_skipped(count, position):
-  logging.warning('Skipped %d undecodable image(s) before stream position %d (total so far: %d).',
-                  int(count), int(position), _SKIPPED.add(int(count)))
+  logging.warning(
+    'Skipped %d undecodable image(s) before stream position %d (total so far: %d).',
+    int(count),
+    int(position),
+    _SKIPPED.add(int(count)),
+  )
   return np.int64(0)
 
 
@@ -191,8 +235,11 @@ def _count_skipped(ds: tf.data.Dataset, first_position: int) -> tf.data.Dataset:
 
   def step(prev, ex):
     gap = ex['position'] - prev - 1
-    tf.cond(gap > 0, lambda: tf.py_function(_log_skipped, [gap, ex['position']], tf.int64),
-            lambda: tf.constant(0, tf.int64))
+    tf.cond(
+      gap > 0,
+      lambda: tf.py_function(_log_skipped, [gap, ex['position']], tf.int64),
+      lambda: tf.constant(0, tf.int64),
+    )
     return ex['position'], ex
 
   return ds.scan(tf.constant(first_position - 1, tf.int64), step)
@@ -219,20 +266,20 @@ def _reshape_and_cast(batch: dict, batch_dims: Sequence[int], dtype) -> dict:
 
 
 def build_input(
-    dataset: str,
-    split: str,
-    *,
-    is_training: bool,
-    batch_dims: Sequence[int],
-    image_size: int,
-    data_dir: str | None = None,
-    augment: str | None = None,
-    eval_preproc: str | None = None,
-    dtype=np.float32,
-    seed: int = 0,
-    start_step: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
+  dataset: str,
+  split: str,
+  *,
+  is_training: bool,
+  batch_dims: Sequence[int],
+  image_size: int,
+  data_dir: str | None = None,
+  augment: str | None = None,
+  eval_preproc: str | None = None,
+  dtype=np.float32,
+  seed: int = 0,
+  start_step: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Numpy batches shaped [*batch_dims, ...] of this process's shard (see module docstring).
 
@@ -248,12 +295,21 @@ def build_input(
     raise ValueError(f'batch_dims must be positive ints, got {batch_dims}.')
   if image_size < 1:
     raise ValueError(f'image_size must be positive, got {image_size}.')
-  if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(tf.bfloat16.as_numpy_dtype)):
+  if np.dtype(dtype) not in (
+    np.dtype(np.float32),
+    np.dtype(tf.bfloat16.as_numpy_dtype),
+  ):
     raise ValueError(f'dtype must be float32 or bfloat16, got {dtype}.')
-  process_index = jax.process_index() if process_index is None else int(process_index)
-  process_count = jax.process_count() if process_count is None else int(process_count)
+  process_index = (
+    jax.process_index() if process_index is None else int(process_index)
+  )
+  process_count = (
+    jax.process_count() if process_count is None else int(process_count)
+  )
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, process_count={process_count}).')
+    raise ValueError(
+      f'process_index {process_index} not in [0, process_count={process_count}).'
+    )
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   local_batch = int(np.prod(batch_dims))
@@ -262,96 +318,181 @@ def build_input(
   if is_training:
     spec = parse_augment(augment)
     if spec.mixup and spec.cutmix and local_batch % 2:
-      raise ValueError(f'MixUp + CutMix splits the batch in halves: prod(batch_dims) must be '
-                       f'even, got {local_batch}.')
-    raw, n_local, _ = _read_shard(source, split, data_dir, process_index, process_count)
-    ds = _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed,
-                       seed, process_index, start_step)
+      raise ValueError(
+        f'MixUp + CutMix splits the batch in halves: prod(batch_dims) must be '
+        f'even, got {local_batch}.'
+      )
+    raw, n_local, _ = _read_shard(
+      source, split, data_dir, process_index, process_count
+    )
+    ds = _train_stream(
+      raw,
+      n_local,
+      source,
+      spec,
+      local_batch,
+      image_size,
+      base_seed,
+      seed,
+      process_index,
+      start_step,
+    )
   else:
     if augment:
-      raise ValueError(f'augment={augment!r} is for training; eval takes augment=None.')
+      raise ValueError(
+        f'augment={augment!r} is for training; eval takes augment=None.'
+      )
     eval_preproc = eval_preproc or source.default_eval_preproc
     preprocess.check_eval_preproc(eval_preproc)
-    raw, _, max_shard = _read_shard(source, split, data_dir, process_index, process_count)
-    ds = _eval_stream(raw, source, local_batch, image_size, eval_preproc,
-                      math.ceil(max_shard / local_batch))
+    raw, _, max_shard = _read_shard(
+      source, split, data_dir, process_index, process_count
+    )
+    ds = _eval_stream(
+      raw,
+      source,
+      local_batch,
+      image_size,
+      eval_preproc,
+      math.ceil(max_shard / local_batch),
+    )
   ds = ds.map(lambda b: _reshape_and_cast(b, batch_dims, dtype))
   ds = ds.prefetch(AUTOTUNE).with_options(_options())
   return ds.as_numpy_iterator()
 
 
-def train_records(raw: tf.data.Dataset, n_local: int, seed: int, process_index: int,
-                  start_position: int, shuffle_buffer: int) -> tf.data.Dataset:
+def train_records(
+  raw: tf.data.Dataset,
+  n_local: int,
+  seed: int,
+  process_index: int,
+  start_position: int,
+  shuffle_buffer: int,
+) -> tf.data.Dataset:
   """(stream position, record) from `start_position` on: epoch after epoch of the shard, each
   shuffled with a seed derived from (seed, epoch, process); skipping costs no decoding."""
   first_epoch, offset = divmod(start_position, n_local)
   buffer = min(n_local, shuffle_buffer)
 
   def epoch(e):
-    epoch_seed = (tf.constant(seed, tf.int64) * 1_000_003 + e * 1_009 + process_index)
+    epoch_seed = (
+      tf.constant(seed, tf.int64) * 1_000_003 + e * 1_009 + process_index
+    )
     ds = raw.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     return ds.enumerate().map(lambda i, x: (e * n_local + i, x))
 
-  return tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
+  return (
+    tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
+  )
 
 
-def _train_stream(raw, n_local, source, spec, local_batch, image_size, base_seed, seed,
-                  process_index, start_step) -> tf.data.Dataset:
+def _train_stream(
+  raw,
+  n_local,
+  source,
+  spec,
+  local_batch,
+  image_size,
+  base_seed,
+  seed,
+  process_index,
+  start_step,
+) -> tf.data.Dataset:
   per_step = local_batch * (2 if spec.mixing else 1)
   start_position = start_step * per_step
-  ds = train_records(raw, n_local, seed, process_index, start_position,
-                     max(10 * per_step, _MIN_SHUFFLE_BUFFER))
+  ds = train_records(
+    raw,
+    n_local,
+    seed,
+    process_index,
+    start_position,
+    max(10 * per_step, _MIN_SHUFFLE_BUFFER),
+  )
 
   def example(position, record):
     image, label = record
     ex_seed = preprocess.fold_in(base_seed, position)
     if source.decode is not None:
       image = source.decode(image)
-    image = preprocess.train_image(image, ex_seed, image_size,
-                                   area_range=source.train_area_range, flip=source.train_flip)
+    image = preprocess.train_image(
+      image,
+      ex_seed,
+      image_size,
+      area_range=source.train_area_range,
+      flip=source.train_flip,
+    )
     if spec.randaugment is not None:
-      image = augment_lib.randaugment(image, preprocess.fold_in(ex_seed, _RA_TAG),
-                                      *spec.randaugment)
-    return {'images': preprocess.normalize(image), 'labels': label, 'position': position}
+      image = augment_lib.randaugment(
+        image, preprocess.fold_in(ex_seed, _RA_TAG), *spec.randaugment
+      )
+    return {
+      'images': preprocess.normalize(image),
+      'labels': label,
+      'position': position,
+    }
 
   ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = _count_skipped(ds, start_position)
-  ds = ds.batch(per_step, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(
+    per_step,
+    drop_remainder=True,
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
   if spec.mixing:
 
     def mix(batch):
-      mix_seed = preprocess.fold_in(preprocess.fold_in(base_seed, batch['position'][0]),
-                                    _MIX_TAG)
-      return augment_lib.mix_batch(batch, mix_seed, use_mixup=spec.mixup,
-                                   use_cutmix=spec.cutmix, mixup_alpha=spec.mixup_alpha)
+      mix_seed = preprocess.fold_in(
+        preprocess.fold_in(base_seed, batch['position'][0]), _MIX_TAG
+      )
+      return augment_lib.mix_batch(
+        batch,
+        mix_seed,
+        use_mixup=spec.mixup,
+        use_cutmix=spec.cutmix,
+        mixup_alpha=spec.mixup_alpha,
+      )
 
     ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds
 
 
-def _eval_stream(raw, source, local_batch, image_size, eval_preproc,
-                 num_batches) -> tf.data.Dataset:
+def _eval_stream(
+  raw, source, local_batch, image_size, eval_preproc, num_batches
+) -> tf.data.Dataset:
 
   def example(position, record):
     image, label = record
     if source.decode is not None:
       image = source.decode(image)
     image = preprocess.eval_image_tf(image, image_size, eval_preproc)
-    return {'images': preprocess.normalize(image), 'labels': label, 'mask': tf.constant(True),
-            'position': position}
+    return {
+      'images': preprocess.normalize(image),
+      'labels': label,
+      'mask': tf.constant(True),
+      'position': position,
+    }
 
-  ds = raw.enumerate().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = raw.enumerate().map(
+    example, num_parallel_calls=AUTOTUNE, deterministic=True
+  )
   ds = _count_skipped(ds, 0)
   ds = ds.batch(local_batch)
 
   def pad(batch):
     n = local_batch - tf.shape(batch['labels'])[0]
-    return {k: tf.pad(v, [[0, n]] + [[0, 0]] * (v.shape.rank - 1)) for k, v in batch.items()}
+    return {
+      k: tf.pad(v, [[0, n]] + [[0, 0]] * (v.shape.rank - 1))
+      for k, v in batch.items()
+    }
 
   ds = ds.map(pad)
-  empty = {'images': tf.zeros([local_batch, image_size, image_size, 3], tf.float32),
-           'labels': tf.zeros([local_batch], tf.int32),
-           'mask': tf.zeros([local_batch], tf.bool),
-           'position': tf.zeros([local_batch], tf.int64)}
+  empty = {
+    'images': tf.zeros([local_batch, image_size, image_size, 3], tf.float32),
+    'labels': tf.zeros([local_batch], tf.int32),
+    'mask': tf.zeros([local_batch], tf.bool),
+    'position': tf.zeros([local_batch], tf.int64),
+  }
   # Every process yields the same number of batches (collectives in eval stay in step).
-  return ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(num_batches)
+  return ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(
+    num_batches
+  )

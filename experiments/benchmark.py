@@ -45,11 +45,11 @@ from nfnets import counting, layers, optim
 
 # Dense peak FLOP/s per device (no sparsity), by dtype, from the vendors' data sheets.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    'H100': {'bfloat16': 989e12, 'float32': 67e12},     # SXM; fp32 without TF32
-    'H200': {'bfloat16': 989e12, 'float32': 67e12},
-    'A100': {'bfloat16': 312e12, 'float32': 19.5e12},
-    'TPU v3': {'bfloat16': 123e12, 'float32': 123e12 / 4},  # per chip (2 cores)
-    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12 / 4},
+  'H100': {'bfloat16': 989e12, 'float32': 67e12},  # SXM; fp32 without TF32
+  'H200': {'bfloat16': 989e12, 'float32': 67e12},
+  'A100': {'bfloat16': 312e12, 'float32': 19.5e12},
+  'TPU v3': {'bfloat16': 123e12, 'float32': 123e12 / 4},  # per chip (2 cores)
+  'TPU v4': {'bfloat16': 275e12, 'float32': 275e12 / 4},
 }
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -57,248 +57,378 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 @dataclasses.dataclass
 class Timing:
-    """One timed function: median seconds per call over the timed repeats, and compile time."""
+  """One timed function: median seconds per call over the timed repeats, and compile time."""
 
-    name: str
-    batch_size: int
-    image_size: int
-    seconds_per_step: float
-    compile_seconds: float
-    step_times: list[float]
-    cpu_seconds_per_step: float = float('nan')  # process CPU time (all threads) per step
+  name: str
+  batch_size: int
+  image_size: int
+  seconds_per_step: float
+  compile_seconds: float
+  step_times: list[float]
+  cpu_seconds_per_step: float = float(
+    'nan'
+  )  # process CPU time (all threads) per step
 
-    @property
-    def images_per_second(self) -> float:
-        return self.batch_size / self.seconds_per_step
+  @property
+  def images_per_second(self) -> float:
+    return self.batch_size / self.seconds_per_step
 
 
-def device_peak_flops(device: jax.Device, dtype: str, cpu_peak: float | None = None
-                      ) -> float | None:
-    """Peak FLOP/s of ``device`` for ``dtype`` from :data:`PEAK_FLOPS`, else None.
+def device_peak_flops(
+  device: jax.Device, dtype: str, cpu_peak: float | None = None
+) -> float | None:
+  """Peak FLOP/s of ``device`` for ``dtype`` from :data:`PEAK_FLOPS`, else None.
 
-    CPUs have no entry (their peak depends on cores, clocks and vector units); pass
-    ``cpu_peak`` to get an MFU there.
-    """
-    if device.platform == 'cpu':
-        return cpu_peak
-    kind = device.device_kind
-    for name, peaks in PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return peaks.get(dtype)
-    return None
+  CPUs have no entry (their peak depends on cores, clocks and vector units); pass
+  ``cpu_peak`` to get an MFU there.
+  """
+  if device.platform == 'cpu':
+    return cpu_peak
+  kind = device.device_kind
+  for name, peaks in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peaks.get(dtype)
+  return None
 
 
 def peak_memory_bytes(device: jax.Device) -> tuple[int | None, str]:
-    """Peak memory so far and what it measures: device bytes in use, or host peak RSS on CPU."""
-    if device.platform != 'cpu':
-        stats = device.memory_stats() or {}
-        if 'peak_bytes_in_use' in stats:
-            return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return int(rss if sys.platform == 'darwin' else rss * 1024), 'host peak RSS'
+  """Peak memory so far and what it measures: device bytes in use, or host peak RSS on CPU."""
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+      return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+  rss = resource.getrusage(
+    resource.RUSAGE_SELF
+  ).ru_maxrss  # KiB on Linux, bytes on macOS
+  return int(rss if sys.platform == 'darwin' else rss * 1024), 'host peak RSS'
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
-                          label_smoothing: float = 0.1) -> jax.Array:
-    """Mean cross-entropy with label smoothing (the paper's 0.1), in float32."""
-    num_classes = logits.shape[-1]
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), -1))
+def softmax_cross_entropy(
+  logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.1
+) -> jax.Array:
+  """Mean cross-entropy with label smoothing (the paper's 0.1), in float32."""
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return -jnp.mean(
+    jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)
+  )
 
 
-def build_train_step(model, opt_config, *, params, batch_size: int,
-                     dtype: Any = jnp.float32) -> tuple[Callable, optax.GradientTransformation]:
-    """A jitted ``step(train_state, images, labels) -> (train_state, metrics)``.
+def build_train_step(
+  model, opt_config, *, params, batch_size: int, dtype: Any = jnp.float32
+) -> tuple[Callable, optax.GradientTransformation]:
+  """A jitted ``step(train_state, images, labels) -> (train_state, metrics)``.
 
-    ``train_state`` is ``(params, state, opt_state, ema_params, step, rng)`` and is donated, so
-    XLA updates the weights in place. Activations run in ``dtype`` (images are cast on entry;
-    layers cast their float32 weights to the input's dtype); parameters, gradients, AGC, the
-    optimizer and the EMA stay float32.
-    """
-    tx, _ = optim.build_optimizer(opt_config, params=params, total_steps=10_000,
-                                  warmup_steps=100, global_batch_size=batch_size)
+  ``train_state`` is ``(params, state, opt_state, ema_params, step, rng)`` and is donated, so
+  XLA updates the weights in place. Activations run in ``dtype`` (images are cast on entry;
+  layers cast their float32 weights to the input's dtype); parameters, gradients, AGC, the
+  optimizer and the EMA stay float32.
+  """
+  tx, _ = optim.build_optimizer(
+    opt_config,
+    params=params,
+    total_steps=10_000,
+    warmup_steps=100,
+    global_batch_size=batch_size,
+  )
 
-    def loss_fn(params, state, rng, images, labels):
-        out, state = model.apply(params, state, rng, images.astype(dtype), is_training=True)
-        return softmax_cross_entropy(out['logits'], labels), state
+  def loss_fn(params, state, rng, images, labels):
+    out, state = model.apply(
+      params, state, rng, images.astype(dtype), is_training=True
+    )
+    return softmax_cross_entropy(out['logits'], labels), state
 
-    def step(train_state, images, labels):
-        params, state, opt_state, ema_params, step_count, rng = train_state
-        rng, step_rng = jax.random.split(rng)
-        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, state, step_rng, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        ema_params = optim.ema_update(ema_params, new_params, step_count,
-                                      opt_config.ema_decay)
-        metrics = {'loss': loss}
-        metrics.update(optim.clip_stats(grads, params, opt_config))
-        return (new_params, state, opt_state, ema_params, step_count + 1, rng), metrics
+  def step(train_state, images, labels):
+    params, state, opt_state, ema_params, step_count, rng = train_state
+    rng, step_rng = jax.random.split(rng)
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, state, step_rng, images, labels
+    )
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    ema_params = optim.ema_update(
+      ema_params, new_params, step_count, opt_config.ema_decay
+    )
+    metrics = {'loss': loss}
+    metrics.update(optim.clip_stats(grads, params, opt_config))
+    return (
+      new_params,
+      state,
+      opt_state,
+      ema_params,
+      step_count + 1,
+      rng,
+    ), metrics
 
-    return jax.jit(step, donate_argnums=0), tx
+  return jax.jit(step, donate_argnums=0), tx
 
 
 def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
-    """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode.
+  """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode.
 
-    As experiment.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
-    weight standardization happens once per evaluation, outside the per-batch forward.
-    """
-    def forward(params, state, images):
-        with layers.standardized_weights():
-            out, _ = model.apply(params, state, None, images.astype(dtype), is_training=False)
-        return out['logits']
-    return jax.jit(forward)
+  As experiment.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
+  weight standardization happens once per evaluation, outside the per-batch forward.
+  """
 
+  def forward(params, state, images):
+    with layers.standardized_weights():
+      out, _ = model.apply(
+        params, state, None, images.astype(dtype), is_training=False
+      )
+    return out['logits']
 
-def _timed_loop(fn: Callable, carry: Any, args: tuple, steps: int
-                ) -> tuple[Any, float, float]:
-    """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end.
-
-    Returns the carry, the wall seconds and the process CPU seconds (all threads). On a shared
-    host the CPU seconds measure the work itself; the wall seconds also count waiting for cores.
-    """
-    start, cpu_start = time.perf_counter(), time.process_time()
-    out = None
-    for _ in range(steps):
-        out = fn(carry, *args)
-        carry = out[0]
-    jax.block_until_ready(out)
-    return carry, time.perf_counter() - start, time.process_time() - cpu_start
+  return jax.jit(forward)
 
 
-def _compiled_train_step(model, *, batch_size: int, image_size: int, dtype: Any,
-                         seed: int, opt_config, compiler_options: dict | None = None
-                         ) -> tuple[Any, tuple, tuple, float]:
-    """Builds the train state and compiles the step: ``(compiled, train_state, batch, secs)``."""
-    opt_config = opt_config or optim.default_config()
-    rng = jax.random.PRNGKey(seed)
-    images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
-    labels = jax.random.randint(rng, (batch_size,), 0, model.num_classes)
-    params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
-    step, tx = build_train_step(model, opt_config, params=params, batch_size=batch_size,
-                                dtype=dtype)
-    ema_params = jax.tree_util.tree_map(jnp.copy, params)
-    train_state = (params, state, tx.init(params), ema_params, jnp.zeros((), jnp.int32), rng)
-    start = time.perf_counter()
-    compiled = step.lower(train_state, images, labels).compile(compiler_options)
-    return compiled, train_state, (images, labels), time.perf_counter() - start
+def _timed_loop(
+  fn: Callable, carry: Any, args: tuple, steps: int
+) -> tuple[Any, float, float]:
+  """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end.
+
+  Returns the carry, the wall seconds and the process CPU seconds (all threads). On a shared
+  host the CPU seconds measure the work itself; the wall seconds also count waiting for cores.
+  """
+  start, cpu_start = time.perf_counter(), time.process_time()
+  out = None
+  for _ in range(steps):
+    out = fn(carry, *args)
+    carry = out[0]
+  jax.block_until_ready(out)
+  return carry, time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def time_train_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
-                    steps: int = 5, warmup: int = 1, repeats: int = 1, seed: int = 0,
-                    opt_config=None) -> Timing:
-    """Compiles and times the training step; returns the median seconds per step.
+def _compiled_train_step(
+  model,
+  *,
+  batch_size: int,
+  image_size: int,
+  dtype: Any,
+  seed: int,
+  opt_config,
+  compiler_options: dict | None = None,
+) -> tuple[Any, tuple, tuple, float]:
+  """Builds the train state and compiles the step: ``(compiled, train_state, batch, secs)``."""
+  opt_config = opt_config or optim.default_config()
+  rng = jax.random.PRNGKey(seed)
+  images = jax.random.normal(
+    rng, (batch_size, image_size, image_size, 3), jnp.float32
+  )
+  labels = jax.random.randint(rng, (batch_size,), 0, model.num_classes)
+  params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
+  step, tx = build_train_step(
+    model, opt_config, params=params, batch_size=batch_size, dtype=dtype
+  )
+  ema_params = jax.tree_util.tree_map(jnp.copy, params)
+  train_state = (
+    params,
+    state,
+    tx.init(params),
+    ema_params,
+    jnp.zeros((), jnp.int32),
+    rng,
+  )
+  start = time.perf_counter()
+  compiled = step.lower(train_state, images, labels).compile(compiler_options)
+  return compiled, train_state, (images, labels), time.perf_counter() - start
 
-    ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
-    """
-    compiled, train_state, batch, compile_seconds = _compiled_train_step(
-        model, batch_size=batch_size, image_size=image_size, dtype=dtype, seed=seed,
-        opt_config=opt_config)
-    # Logged before running so that a run cut short still says where its time went.
-    logging.info('Compiled the train step at batch %d in %.0f s.', batch_size, compile_seconds)
-    for _ in range(warmup):
-        train_state, _, _ = _timed_loop(compiled, train_state, batch, 1)
-    logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        train_state, seconds, cpu = _timed_loop(compiled, train_state, batch, steps)
-        times.append(seconds / steps)
-        cpu_times.append(cpu / steps)
-    return Timing('train', batch_size, image_size, float(np.median(times)), compile_seconds,
-                  times, float(np.median(cpu_times)))
+
+def time_train_step(
+  model,
+  *,
+  batch_size: int,
+  image_size: int,
+  dtype: Any = jnp.float32,
+  steps: int = 5,
+  warmup: int = 1,
+  repeats: int = 1,
+  seed: int = 0,
+  opt_config=None,
+) -> Timing:
+  """Compiles and times the training step; returns the median seconds per step.
+
+  ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
+  """
+  compiled, train_state, batch, compile_seconds = _compiled_train_step(
+    model,
+    batch_size=batch_size,
+    image_size=image_size,
+    dtype=dtype,
+    seed=seed,
+    opt_config=opt_config,
+  )
+  # Logged before running so that a run cut short still says where its time went.
+  logging.info(
+    'Compiled the train step at batch %d in %.0f s.',
+    batch_size,
+    compile_seconds,
+  )
+  for _ in range(warmup):
+    train_state, _, _ = _timed_loop(compiled, train_state, batch, 1)
+  logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
+  times, cpu_times = [], []
+  for _ in range(repeats):
+    train_state, seconds, cpu = _timed_loop(compiled, train_state, batch, steps)
+    times.append(seconds / steps)
+    cpu_times.append(cpu / steps)
+  return Timing(
+    'train',
+    batch_size,
+    image_size,
+    float(np.median(times)),
+    compile_seconds,
+    times,
+    float(np.median(cpu_times)),
+  )
 
 
-def planned_train_step_bytes(model, *, batch_size: int, image_size: int,
-                             dtype: Any = jnp.float32, opt_config=None) -> int:
-    """Device bytes XLA plans for one training step (compiled, not run).
+def planned_train_step_bytes(
+  model,
+  *,
+  batch_size: int,
+  image_size: int,
+  dtype: Any = jnp.float32,
+  opt_config=None,
+) -> int:
+  """Device bytes XLA plans for one training step (compiled, not run).
 
-    Arguments plus outputs not aliased to a donated argument plus temporaries: the train state,
-    the batch, and the activations kept for the backward pass. On GPU the probe compiles
-    without convolution autotuning, which does not change which buffers the step keeps (on an
-    H200 an F0 probe still took 47-50 s, against 50-65 s with autotuning at batch 32).
-    """
-    options = {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
-    compiled, _, _, seconds = _compiled_train_step(
-        model, batch_size=batch_size, image_size=image_size, dtype=dtype, seed=0,
-        opt_config=opt_config, compiler_options=options)
-    stats = compiled.memory_analysis()
-    planned = int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-                  - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
-    logging.info('Memory probe: batch %d plans %.2f GiB (compiled in %.0f s).', batch_size,
-                 planned / 2**30, seconds)
-    return planned
+  Arguments plus outputs not aliased to a donated argument plus temporaries: the train state,
+  the batch, and the activations kept for the backward pass. On GPU the probe compiles
+  without convolution autotuning, which does not change which buffers the step keeps (on an
+  H200 an F0 probe still took 47-50 s, against 50-65 s with autotuning at batch 32).
+  """
+  options = (
+    {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
+  )
+  compiled, _, _, seconds = _compiled_train_step(
+    model,
+    batch_size=batch_size,
+    image_size=image_size,
+    dtype=dtype,
+    seed=0,
+    opt_config=opt_config,
+    compiler_options=options,
+  )
+  stats = compiled.memory_analysis()
+  planned = int(
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    - stats.alias_size_in_bytes
+    + stats.temp_size_in_bytes
+  )
+  logging.info(
+    'Memory probe: batch %d plans %.2f GiB (compiled in %.0f s).',
+    batch_size,
+    planned / 2**30,
+    seconds,
+  )
+  return planned
 
 
 @dataclasses.dataclass
 class BatchFit:
-    """A linear fit of planned training-step bytes against the batch size."""
+  """A linear fit of planned training-step bytes against the batch size."""
 
-    fixed_bytes: float      # train state (params, momentum, EMA) and batch-independent buffers
-    bytes_per_image: float  # activations and their gradients per image
+  fixed_bytes: (
+    float  # train state (params, momentum, EMA) and batch-independent buffers
+  )
+  bytes_per_image: float  # activations and their gradients per image
 
-    def largest_batch(self, memory_bytes: float, multiple: int = 8) -> int:
-        """The largest multiple of ``multiple`` whose planned bytes fit in ``memory_bytes``."""
-        fitting = int((memory_bytes - self.fixed_bytes) // self.bytes_per_image)
-        return max(fitting // multiple * multiple, 0)
+  def largest_batch(self, memory_bytes: float, multiple: int = 8) -> int:
+    """The largest multiple of ``multiple`` whose planned bytes fit in ``memory_bytes``."""
+    fitting = int((memory_bytes - self.fixed_bytes) // self.bytes_per_image)
+    return max(fitting // multiple * multiple, 0)
 
 
-def fit_train_memory(model, *, image_size: int, dtype: Any = jnp.float32,
-                     probe_batches: tuple[int, int] = (64, 256)) -> BatchFit:
-    """Planned step bytes at two batch sizes, as ``fixed + per_image * batch``.
+def fit_train_memory(
+  model,
+  *,
+  image_size: int,
+  dtype: Any = jnp.float32,
+  probe_batches: tuple[int, int] = (64, 256),
+) -> BatchFit:
+  """Planned step bytes at two batch sizes, as ``fixed + per_image * batch``.
 
-    XLA's buffer assignment is linear in the batch for a fixed graph, so two compilations
-    predict the largest batch without trying (and failing) to run larger ones.
-    """
-    small, large = probe_batches
-    if not 0 < small < large:
-        raise ValueError(f'probe_batches must be two increasing sizes, got {probe_batches}.')
-    bytes_small, bytes_large = (
-        planned_train_step_bytes(model, batch_size=b, image_size=image_size, dtype=dtype)
-        for b in probe_batches)
-    per_image = (bytes_large - bytes_small) / (large - small)
-    if per_image <= 0:
-        raise ValueError(f'Planned bytes did not grow with the batch ({bytes_small} at {small}, '
-                         f'{bytes_large} at {large}).')
-    return BatchFit(fixed_bytes=bytes_small - per_image * small, bytes_per_image=per_image)
+  XLA's buffer assignment is linear in the batch for a fixed graph, so two compilations
+  predict the largest batch without trying (and failing) to run larger ones.
+  """
+  small, large = probe_batches
+  if not 0 < small < large:
+    raise ValueError(
+      f'probe_batches must be two increasing sizes, got {probe_batches}.'
+    )
+  bytes_small, bytes_large = (
+    planned_train_step_bytes(
+      model, batch_size=b, image_size=image_size, dtype=dtype
+    )
+    for b in probe_batches
+  )
+  per_image = (bytes_large - bytes_small) / (large - small)
+  if per_image <= 0:
+    raise ValueError(
+      f'Planned bytes did not grow with the batch ({bytes_small} at {small}, '
+      f'{bytes_large} at {large}).'
+    )
+  return BatchFit(
+    fixed_bytes=bytes_small - per_image * small, bytes_per_image=per_image
+  )
 
 
 def is_out_of_memory(error: Exception) -> bool:
-    """Whether ``error`` is XLA's allocation failure (compile- or run-time)."""
-    text = str(error)
-    return 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()
+  """Whether ``error`` is XLA's allocation failure (compile- or run-time)."""
+  text = str(error)
+  return 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()
 
 
 def device_memory_bytes(device: jax.Device) -> int | None:
-    """Bytes the device's allocator may hand out (``bytes_limit``), None where unknown."""
-    stats = device.memory_stats() or {}
-    return int(stats['bytes_limit']) if 'bytes_limit' in stats else None
+  """Bytes the device's allocator may hand out (``bytes_limit``), None where unknown."""
+  stats = device.memory_stats() or {}
+  return int(stats['bytes_limit']) if 'bytes_limit' in stats else None
 
 
-def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.float32,
-                   steps: int = 5, warmup: int = 1, repeats: int = 1, seed: int = 0) -> Timing:
-    """Compiles and times the eval forward; returns the median seconds per batch."""
-    rng = jax.random.PRNGKey(seed)
-    images = jax.random.normal(rng, (batch_size, image_size, image_size, 3), jnp.float32)
-    # Initialised in training mode so that models with state (BatchNorm averages) have it.
-    params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
-    params = jax.jit(layers.standardize_params)(params)  # once per evaluation, not timed
-    forward = build_eval_step(model, dtype)
-    start = time.perf_counter()
-    compiled = forward.lower(params, state, images).compile()
-    compile_seconds = time.perf_counter() - start
-    # Thread params through a trivial carry so _timed_loop's interface fits.
-    fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
-    for _ in range(warmup):
-        _timed_loop(fn, None, (params, state, images), 1)
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        _, seconds, cpu = _timed_loop(fn, None, (params, state, images), steps)
-        times.append(seconds / steps)
-        cpu_times.append(cpu / steps)
-    return Timing('eval', batch_size, image_size, float(np.median(times)), compile_seconds,
-                  times, float(np.median(cpu_times)))
+def time_eval_step(
+  model,
+  *,
+  batch_size: int,
+  image_size: int,
+  dtype: Any = jnp.float32,
+  steps: int = 5,
+  warmup: int = 1,
+  repeats: int = 1,
+  seed: int = 0,
+) -> Timing:
+  """Compiles and times the eval forward; returns the median seconds per batch."""
+  rng = jax.random.PRNGKey(seed)
+  images = jax.random.normal(
+    rng, (batch_size, image_size, image_size, 3), jnp.float32
+  )
+  # Initialised in training mode so that models with state (BatchNorm averages) have it.
+  params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
+  params = jax.jit(layers.standardize_params)(
+    params
+  )  # once per evaluation, not timed
+  forward = build_eval_step(model, dtype)
+  start = time.perf_counter()
+  compiled = forward.lower(params, state, images).compile()
+  compile_seconds = time.perf_counter() - start
+  # Thread params through a trivial carry so _timed_loop's interface fits.
+  fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
+  for _ in range(warmup):
+    _timed_loop(fn, None, (params, state, images), 1)
+  times, cpu_times = [], []
+  for _ in range(repeats):
+    _, seconds, cpu = _timed_loop(fn, None, (params, state, images), steps)
+    times.append(seconds / steps)
+    cpu_times.append(cpu / steps)
+  return Timing(
+    'eval',
+    batch_size,
+    image_size,
+    float(np.median(times)),
+    compile_seconds,
+    times,
+    float(np.median(cpu_times)),
+  )
 
 
 # XLA:GPU's scheduler and rematerialization (recomputing activations, itself a slow pass) aim
@@ -309,169 +439,276 @@ def time_eval_step(model, *, batch_size: int, image_size: int, dtype: Any = jnp.
 PLAN_FRACTION = 0.95
 
 
-def time_largest_batch(model, *, image_size: int, dtype: Any, memory_bytes: float,
-                       plan_fraction: float = PLAN_FRACTION, multiple: int = 8, tries: int = 4,
-                       **timing_kwargs) -> tuple[BatchFit, int, Timing]:
-    """Times the training step at the largest batch whose plan fits ``plan_fraction`` of
-    ``memory_bytes``; returns the fit, the planned batch and the timing.
+def time_largest_batch(
+  model,
+  *,
+  image_size: int,
+  dtype: Any,
+  memory_bytes: float,
+  plan_fraction: float = PLAN_FRACTION,
+  multiple: int = 8,
+  tries: int = 4,
+  **timing_kwargs,
+) -> tuple[BatchFit, int, Timing]:
+  """Times the training step at the largest batch whose plan fits ``plan_fraction`` of
+  ``memory_bytes``; returns the fit, the planned batch and the timing.
 
-    The batch comes from :func:`fit_train_memory`; if running it still fails for memory (the
-    allocator's fragmentation and the convolution workspaces are not in XLA's plan), it steps
-    down 5% at a time.
-    """
-    if not 0 < plan_fraction <= 1:
-        raise ValueError(f'plan_fraction must be in (0, 1], got {plan_fraction}.')
-    fit = fit_train_memory(model, image_size=image_size, dtype=dtype)
-    planned = batch = fit.largest_batch(memory_bytes * plan_fraction, multiple)
-    for _ in range(tries):
-        if batch <= 0:
-            break
-        logging.info('Timing the train step at batch %d.', batch)
-        try:
-            return fit, planned, time_train_step(model, batch_size=batch,
-                                                 image_size=image_size, dtype=dtype,
-                                                 **timing_kwargs)
-        except Exception as error:  # jax's XlaRuntimeError, raised at compile or run time
-            if not is_out_of_memory(error):
-                raise
-            logging.warning('Batch %d ran out of memory; trying a smaller one.', batch)
-            batch = int(batch * 0.95) // multiple * multiple
-    raise RuntimeError(f'No batch fits in {memory_bytes / 2**30:.1f} GiB '
-                       f'(fit: {fit}).')
+  The batch comes from :func:`fit_train_memory`; if running it still fails for memory (the
+  allocator's fragmentation and the convolution workspaces are not in XLA's plan), it steps
+  down 5% at a time.
+  """
+  if not 0 < plan_fraction <= 1:
+    raise ValueError(f'plan_fraction must be in (0, 1], got {plan_fraction}.')
+  fit = fit_train_memory(model, image_size=image_size, dtype=dtype)
+  planned = batch = fit.largest_batch(memory_bytes * plan_fraction, multiple)
+  for _ in range(tries):
+    if batch <= 0:
+      break
+    logging.info('Timing the train step at batch %d.', batch)
+    try:
+      return (
+        fit,
+        planned,
+        time_train_step(
+          model,
+          batch_size=batch,
+          image_size=image_size,
+          dtype=dtype,
+          **timing_kwargs,
+        ),
+      )
+    except (
+      Exception
+    ) as error:  # jax's XlaRuntimeError, raised at compile or run time
+      if not is_out_of_memory(error):
+        raise
+      logging.warning(
+        'Batch %d ran out of memory; trying a smaller one.', batch
+      )
+      batch = int(batch * 0.95) // multiple * multiple
+  raise RuntimeError(
+    f'No batch fits in {memory_bytes / 2**30:.1f} GiB (fit: {fit}).'
+  )
 
 
 def train_flops_per_image(model, image_size: int) -> float:
-    """FLOPs of one trained image: 3 forwards' worth of traced MACs, 2 FLOPs each."""
-    return 3 * 2 * counting.count_model_macs(model, image_size)
+  """FLOPs of one trained image: 3 forwards' worth of traced MACs, 2 FLOPs each."""
+  return 3 * 2 * counting.count_model_macs(model, image_size)
 
 
 def eval_flops_per_image(model, image_size: int) -> float:
-    return 2 * counting.count_model_macs(model, image_size)
+  return 2 * counting.count_model_macs(model, image_size)
 
 
 def report(timing: Timing, flops_per_image: float, peak: float | None) -> str:
-    """One line: images/s, ms per step, compile seconds, achieved FLOP/s and MFU."""
-    achieved = flops_per_image * timing.images_per_second
-    line = (f'{timing.name:5s} batch {timing.batch_size} at {timing.image_size}px: '
-            f'{timing.images_per_second:8.3f} img/s, {1e3 * timing.seconds_per_step:9.1f} ms/step, '
-            f'compile {timing.compile_seconds:6.1f} s, {achieved / 1e9:8.1f} GFLOP/s, '
-            f'CPU {timing.cpu_seconds_per_step:.2f} s/step')
-    if peak:
-        line += f', MFU {100 * achieved / peak:5.1f}%'
-    return line
+  """One line: images/s, ms per step, compile seconds, achieved FLOP/s and MFU."""
+  achieved = flops_per_image * timing.images_per_second
+  line = (
+    f'{timing.name:5s} batch {timing.batch_size} at {timing.image_size}px: '
+    f'{timing.images_per_second:8.3f} img/s, {1e3 * timing.seconds_per_step:9.1f} ms/step, '
+    f'compile {timing.compile_seconds:6.1f} s, {achieved / 1e9:8.1f} GFLOP/s, '
+    f'CPU {timing.cpu_seconds_per_step:.2f} s/step'
+  )
+  if peak:
+    line += f', MFU {100 * achieved / peak:5.1f}%'
+  return line
 
 
 def bn_variant(name: str) -> str | None:
-    """The BatchNorm counterpart of ``name`` if the registry has one, else None."""
-    bn_name = name + '_bn'
-    return bn_name if bn_name in nfnets.list_models() else None
+  """The BatchNorm counterpart of ``name`` if the registry has one, else None."""
+  bn_name = name + '_bn'
+  return bn_name if bn_name in nfnets.list_models() else None
 
 
 _MODEL = flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
-_BATCH = flags.DEFINE_integer('batch_size', 8, 'Images per training / eval step.')
-_IMAGE = flags.DEFINE_integer('image_size', None, 'Train resolution (default: the model\'s).')
-_EVAL_IMAGE = flags.DEFINE_integer('eval_image_size', None,
-                                   'Eval resolution (default: the model\'s test resolution).')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Activation dtype.')
+_BATCH = flags.DEFINE_integer(
+  'batch_size', 8, 'Images per training / eval step.'
+)
+_IMAGE = flags.DEFINE_integer(
+  'image_size', None, "Train resolution (default: the model's)."
+)
+_EVAL_IMAGE = flags.DEFINE_integer(
+  'eval_image_size',
+  None,
+  "Eval resolution (default: the model's test resolution).",
+)
+_DTYPE = flags.DEFINE_enum(
+  'dtype', 'float32', list(DTYPES), 'Activation dtype.'
+)
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
-_REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed loops; the median per-step time is used.')
-_COMPARE_BN = flags.DEFINE_bool('compare_bn', True, 'Also time the BatchNorm variant.')
-_TRAIN = flags.DEFINE_bool('train', True,
-                           'Time the train step at --batch_size (off: only --max_batch / --eval).')
+_REPEATS = flags.DEFINE_integer(
+  'repeats', 1, 'Timed loops; the median per-step time is used.'
+)
+_COMPARE_BN = flags.DEFINE_bool(
+  'compare_bn', True, 'Also time the BatchNorm variant.'
+)
+_TRAIN = flags.DEFINE_bool(
+  'train',
+  True,
+  'Time the train step at --batch_size (off: only --max_batch / --eval).',
+)
 _EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
-_GROUPED = flags.DEFINE_enum('grouped_conv_impl', None, list(layers.GROUPED_CONV_IMPLS),
-                             'Grouped-conv strategy (default: per backend).')
+_GROUPED = flags.DEFINE_enum(
+  'grouped_conv_impl',
+  None,
+  list(layers.GROUPED_CONV_IMPLS),
+  'Grouped-conv strategy (default: per backend).',
+)
 _WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
-_MAX_BATCH = flags.DEFINE_bool('max_batch', False,
-                                'Also time the train step at the largest batch that fits.')
-_MEMORY_GIB = flags.DEFINE_float('memory_gib', None,
-                                 'Memory for --max_batch (default: the device allocator limit).')
+_MAX_BATCH = flags.DEFINE_bool(
+  'max_batch', False, 'Also time the train step at the largest batch that fits.'
+)
+_MEMORY_GIB = flags.DEFINE_float(
+  'memory_gib',
+  None,
+  'Memory for --max_batch (default: the device allocator limit).',
+)
 _PLAN_FRACTION = flags.DEFINE_float(
-    'plan_fraction', PLAN_FRACTION,
-    'Fraction of that memory the --max_batch step may plan (XLA:GPU rematerializes above 95%).')
-_CPU_PEAK = flags.DEFINE_float('cpu_peak_gflops', None,
-                               'Peak GFLOP/s of this CPU, to report an MFU on CPU.')
+  'plan_fraction',
+  PLAN_FRACTION,
+  'Fraction of that memory the --max_batch step may plan (XLA:GPU rematerializes above 95%).',
+)
+_CPU_PEAK = flags.DEFINE_float(
+  'cpu_peak_gflops', None, 'Peak GFLOP/s of this CPU, to report an MFU on CPU.'
+)
 
 
 def main(argv):
-    del argv
-    host_memory.apply_from_flags()
-    layers.set_grouped_conv_impl(_GROUPED.value)
-    device = jax.devices()[0]
-    dtype_name = _DTYPE.value
-    dtype = DTYPES[dtype_name]
-    cpu_peak = _CPU_PEAK.value * 1e9 if _CPU_PEAK.value else None
-    peak = device_peak_flops(device, dtype_name, cpu_peak)
-    logging.info('Device: %s (%s), %d devices; grouped conv: %s', device.device_kind,
-                 device.platform, jax.device_count(), layers.default_grouped_conv_impl())
-    print(f'device {device.device_kind} ({device.platform}), dtype {dtype_name}, grouped conv '
-          f'{layers.default_grouped_conv_impl()}, peak '
-          f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}')
+  del argv
+  host_memory.apply_from_flags()
+  layers.set_grouped_conv_impl(_GROUPED.value)
+  device = jax.devices()[0]
+  dtype_name = _DTYPE.value
+  dtype = DTYPES[dtype_name]
+  cpu_peak = _CPU_PEAK.value * 1e9 if _CPU_PEAK.value else None
+  peak = device_peak_flops(device, dtype_name, cpu_peak)
+  logging.info(
+    'Device: %s (%s), %d devices; grouped conv: %s',
+    device.device_kind,
+    device.platform,
+    jax.device_count(),
+    layers.default_grouped_conv_impl(),
+  )
+  print(
+    f'device {device.device_kind} ({device.platform}), dtype {dtype_name}, grouped conv '
+    f'{layers.default_grouped_conv_impl()}, peak '
+    f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}'
+  )
 
-    if not _TRAIN.value and _COMPARE_BN.value:
-        raise app.UsageError('--compare_bn compares training steps: it needs --train.')
-    names = [_MODEL.value]
-    if _COMPARE_BN.value:
-        bn_name = bn_variant(_MODEL.value)
-        if bn_name is None:
-            print(f'BatchNorm variant {_MODEL.value}_bn is not registered: skipping the '
-                  f'WS-vs-BN comparison.')
-        else:
-            names.append(bn_name)
-    kwargs = dict(width=_WIDTH.value) if _WIDTH.value != 1.0 else {}
-    train_times = {}
-    for name in names:
-        model = nfnets.create_model(name, num_classes=1000, **kwargs)
-        train_size = _IMAGE.value or model.train_imsize
-        eval_size = _EVAL_IMAGE.value or model.test_imsize
-        print(f'{name}: {counting.count_params(model.param_shapes(train_size)) / 1e6:.2f}M '
-              f'params, {counting.count_model_macs(model, train_size) / 1e9:.2f} GMACs at '
-              f'{train_size}px')
-        if _TRAIN.value:
-            timing = time_train_step(model, batch_size=_BATCH.value, image_size=train_size,
-                                     dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
-                                     repeats=_REPEATS.value)
-            train_times[name] = timing.seconds_per_step
-            print(name, report(timing, train_flops_per_image(model, train_size), peak))
-            mem, what = peak_memory_bytes(device)
-            # Host RSS is a process-wide high-water mark: the first model's figure is its own.
-            print(f'{name} peak memory after the train step ({what}, process high-water '
-                  f'mark): {mem / 2**30:.2f} GiB')
-        if _EVAL.value:
-            timing = time_eval_step(model, batch_size=_BATCH.value, image_size=eval_size,
-                                    dtype=dtype, steps=_STEPS.value, warmup=_WARMUP.value,
-                                    repeats=_REPEATS.value)
-            print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
-    if _MAX_BATCH.value:
-        _report_largest_batch(nfnets.create_model(names[0], num_classes=1000, **kwargs),
-                              device, dtype, peak)
-    if len(train_times) == 2:
-        ws, bn = (train_times[n] for n in names)
-        print(f'train step time {names[0]} / {names[1]}: {ws / bn:.3f} '
-              f'({1e3 * ws:.1f} vs {1e3 * bn:.1f} ms; paper on TPU: 73.3 vs 111.7 ms = 0.656)')
-
-
-def _report_largest_batch(model, device: jax.Device, dtype: Any, peak: float | None) -> None:
-    """Prints the memory fit and the train-step timing at the largest batch that fits."""
-    memory = _MEMORY_GIB.value * 2**30 if _MEMORY_GIB.value else device_memory_bytes(device)
-    if memory is None:
-        raise app.UsageError(f'--max_batch: {device.platform} reports no memory limit; '
-                             f'pass --memory_gib.')
+  if not _TRAIN.value and _COMPARE_BN.value:
+    raise app.UsageError(
+      '--compare_bn compares training steps: it needs --train.'
+    )
+  names = [_MODEL.value]
+  if _COMPARE_BN.value:
+    bn_name = bn_variant(_MODEL.value)
+    if bn_name is None:
+      print(
+        f'BatchNorm variant {_MODEL.value}_bn is not registered: skipping the '
+        f'WS-vs-BN comparison.'
+      )
+    else:
+      names.append(bn_name)
+  kwargs = dict(width=_WIDTH.value) if _WIDTH.value != 1.0 else {}
+  train_times = {}
+  for name in names:
+    model = nfnets.create_model(name, num_classes=1000, **kwargs)
     train_size = _IMAGE.value or model.train_imsize
-    fit, planned, timing = time_largest_batch(
-        model, image_size=train_size, dtype=dtype, memory_bytes=memory,
-        plan_fraction=_PLAN_FRACTION.value, steps=_STEPS.value, warmup=_WARMUP.value,
-        repeats=_REPEATS.value)
-    # The batch that ran can be below the plan's if the plan's batch ran out of memory.
-    print(f'{model.name} memory plan at {train_size}px: {fit.fixed_bytes / 2**30:.2f} GiB fixed '
-          f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {_PLAN_FRACTION.value:.0%} of '
-          f'{memory / 2**30:.1f} GiB available -> planned {planned}, largest batch '
-          f'{timing.batch_size}')
-    print(model.name, 'largest', report(timing, train_flops_per_image(model, train_size), peak))
-    mem, what = peak_memory_bytes(device)
-    print(f'{model.name} peak memory after the largest batch ({what}): {mem / 2**30:.2f} GiB')
+    eval_size = _EVAL_IMAGE.value or model.test_imsize
+    print(
+      f'{name}: {counting.count_params(model.param_shapes(train_size)) / 1e6:.2f}M '
+      f'params, {counting.count_model_macs(model, train_size) / 1e9:.2f} GMACs at '
+      f'{train_size}px'
+    )
+    if _TRAIN.value:
+      timing = time_train_step(
+        model,
+        batch_size=_BATCH.value,
+        image_size=train_size,
+        dtype=dtype,
+        steps=_STEPS.value,
+        warmup=_WARMUP.value,
+        repeats=_REPEATS.value,
+      )
+      train_times[name] = timing.seconds_per_step
+      print(
+        name, report(timing, train_flops_per_image(model, train_size), peak)
+      )
+      mem, what = peak_memory_bytes(device)
+      # Host RSS is a process-wide high-water mark: the first model's figure is its own.
+      print(
+        f'{name} peak memory after the train step ({what}, process high-water '
+        f'mark): {mem / 2**30:.2f} GiB'
+      )
+    if _EVAL.value:
+      timing = time_eval_step(
+        model,
+        batch_size=_BATCH.value,
+        image_size=eval_size,
+        dtype=dtype,
+        steps=_STEPS.value,
+        warmup=_WARMUP.value,
+        repeats=_REPEATS.value,
+      )
+      print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
+  if _MAX_BATCH.value:
+    _report_largest_batch(
+      nfnets.create_model(names[0], num_classes=1000, **kwargs),
+      device,
+      dtype,
+      peak,
+    )
+  if len(train_times) == 2:
+    ws, bn = (train_times[n] for n in names)
+    print(
+      f'train step time {names[0]} / {names[1]}: {ws / bn:.3f} '
+      f'({1e3 * ws:.1f} vs {1e3 * bn:.1f} ms; paper on TPU: 73.3 vs 111.7 ms = 0.656)'
+    )
+
+
+def _report_largest_batch(
+  model, device: jax.Device, dtype: Any, peak: float | None
+) -> None:
+  """Prints the memory fit and the train-step timing at the largest batch that fits."""
+  memory = (
+    _MEMORY_GIB.value * 2**30
+    if _MEMORY_GIB.value
+    else device_memory_bytes(device)
+  )
+  if memory is None:
+    raise app.UsageError(
+      f'--max_batch: {device.platform} reports no memory limit; '
+      f'pass --memory_gib.'
+    )
+  train_size = _IMAGE.value or model.train_imsize
+  fit, planned, timing = time_largest_batch(
+    model,
+    image_size=train_size,
+    dtype=dtype,
+    memory_bytes=memory,
+    plan_fraction=_PLAN_FRACTION.value,
+    steps=_STEPS.value,
+    warmup=_WARMUP.value,
+    repeats=_REPEATS.value,
+  )
+  # The batch that ran can be below the plan's if the plan's batch ran out of memory.
+  print(
+    f'{model.name} memory plan at {train_size}px: {fit.fixed_bytes / 2**30:.2f} GiB fixed '
+    f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {_PLAN_FRACTION.value:.0%} of '
+    f'{memory / 2**30:.1f} GiB available -> planned {planned}, largest batch '
+    f'{timing.batch_size}'
+  )
+  print(
+    model.name,
+    'largest',
+    report(timing, train_flops_per_image(model, train_size), peak),
+  )
+  mem, what = peak_memory_bytes(device)
+  print(
+    f'{model.name} peak memory after the largest batch ({what}): {mem / 2**30:.2f} GiB'
+  )
 
 
 if __name__ == '__main__':
-    app.run(main)
+  app.run(main)

@@ -15,23 +15,40 @@ from absl import app, flags, logging  # noqa: E402
 
 from data import pipeline  # noqa: E402
 
-_DATASET = flags.DEFINE_string('dataset', 'embedded_mnist', 'imagenet2012 | embedded_mnist')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default ~/tensorflow_datasets).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 192, 'Train resolution (F0: 192).')
+_DATASET = flags.DEFINE_string(
+  'dataset', 'embedded_mnist', 'imagenet2012 | embedded_mnist'
+)
+_DATA_DIR = flags.DEFINE_string(
+  'data_dir', None, 'TFDS data dir (default ~/tensorflow_datasets).'
+)
+_IMAGE_SIZE = flags.DEFINE_integer(
+  'image_size', 192, 'Train resolution (F0: 192).'
+)
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed batches (after warm-up).')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed batches (tracing, buffers).')
-_AUGMENTS = flags.DEFINE_list('augments', ['none', 'randaugment_405',
-                                           'cutmix_mixup_randaugment_405'],
-                              "Augment names to time; 'none' for no augmentation.")
+_WARMUP = flags.DEFINE_integer(
+  'warmup', 3, 'Untimed batches (tracing, buffers).'
+)
+_AUGMENTS = flags.DEFINE_list(
+  'augments',
+  ['none', 'randaugment_405', 'cutmix_mixup_randaugment_405'],
+  "Augment names to time; 'none' for no augmentation.",
+)
 
 
 def measure(augment: str | None) -> float:
   """Images/s of train batches (output images; mixing reads two stream images for each)."""
-  it = pipeline.build_input(_DATASET.value, 'train', is_training=True,
-                            batch_dims=[_BATCH.value], image_size=_IMAGE_SIZE.value,
-                            data_dir=_DATA_DIR.value, augment=augment,
-                            process_index=0, process_count=1)
+  it = pipeline.build_input(
+    _DATASET.value,
+    'train',
+    is_training=True,
+    batch_dims=[_BATCH.value],
+    image_size=_IMAGE_SIZE.value,
+    data_dir=_DATA_DIR.value,
+    augment=augment,
+    process_index=0,
+    process_count=1,
+  )
   for _ in range(_WARMUP.value):
     next(it)
   start = time.perf_counter()
@@ -46,8 +63,11 @@ def main(argv):
   for name in _AUGMENTS.value:
     augment = None if name == 'none' else name
     rate = measure(augment)
-    print(f'{_DATASET.value} train {_IMAGE_SIZE.value}px augment={name}: {rate:.1f} images/s '
-          f'({os.cpu_count()} CPU cores)', flush=True)
+    print(
+      f'{_DATASET.value} train {_IMAGE_SIZE.value}px augment={name}: {rate:.1f} images/s '
+      f'({os.cpu_count()} CPU cores)',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -16,40 +16,60 @@ from data import pipeline
 from experiments import experiment, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config name (e.g. nfnet_f1, demo) or path/to/config.py[:arg].',
-    lock_config=False)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
-_SPLIT = flags.DEFINE_enum('split', None, list(pipeline.SPLITS),
-                           'Split to evaluate (default: config.eval_split).')
+  'config',
+  None,
+  'Config name (e.g. nfnet_f1, demo) or path/to/config.py[:arg].',
+  lock_config=False,
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, "The training run's --workdir.")
+_SPLIT = flags.DEFINE_enum(
+  'split',
+  None,
+  list(pipeline.SPLITS),
+  'Split to evaluate (default: config.eval_split).',
+)
 _WEIGHTS = flags.DEFINE_string(
-    'weights', None, 'Evaluate these params instead of a checkpoint: an official '
-    'F*_haiku.npz or a weights.save_npz file.')
-_USE_EMA = flags.DEFINE_bool('use_ema', None, 'EMA params (default: config.optimizer.use_ema).')
+  'weights',
+  None,
+  'Evaluate these params instead of a checkpoint: an official '
+  'F*_haiku.npz or a weights.save_npz file.',
+)
+_USE_EMA = flags.DEFINE_bool(
+  'use_ema', None, 'EMA params (default: config.optimizer.use_ema).'
+)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-    if _CONFIG.value is None or not (_WORKDIR.value or _WEIGHTS.value):
-        raise app.UsageError('Pass --config=NAME and --workdir=DIR (or --weights=FILE).')
-    host_memory.apply_from_flags()
-    if _WEIGHTS.value:
-        r = experiment.evaluate_weights(_CONFIG.value, _WEIGHTS.value, split=_SPLIT.value)
-    else:
-        r = experiment.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value,
-                                           use_ema=_USE_EMA.value)
-    logging.info('%s', r)
-    print(f'{_CONFIG.value.name or _CONFIG.value.model} (step {r["step"]}) on {r["split"]} '
-          f'({r["params"]} params, {r["image_size"]} px): top-1 {r["top1"]:.4f}  top-5 '
-          f'{r["top5"]:.4f}  loss {r["loss"]:.4f}  {r["count"]} images  '
-          f'{r["images_per_sec"]:.1f} img/s')
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  if _CONFIG.value is None or not (_WORKDIR.value or _WEIGHTS.value):
+    raise app.UsageError(
+      'Pass --config=NAME and --workdir=DIR (or --weights=FILE).'
+    )
+  host_memory.apply_from_flags()
+  if _WEIGHTS.value:
+    r = experiment.evaluate_weights(
+      _CONFIG.value, _WEIGHTS.value, split=_SPLIT.value
+    )
+  else:
+    r = experiment.evaluate_checkpoint(
+      _CONFIG.value, _WORKDIR.value, split=_SPLIT.value, use_ema=_USE_EMA.value
+    )
+  logging.info('%s', r)
+  print(
+    f'{_CONFIG.value.name or _CONFIG.value.model} (step {r["step"]}) on {r["split"]} '
+    f'({r["params"]} params, {r["image_size"]} px): top-1 {r["top1"]:.4f}  top-5 '
+    f'{r["top5"]:.4f}  loss {r["loss"]:.4f}  {r["count"]} images  '
+    f'{r["images_per_sec"]:.1f} img/s'
+  )
 
 
 def run() -> None:
-    from experiments import config_lib
-    sys.argv = config_lib.resolve_argv(sys.argv)
-    app.run(main)
+  from experiments import config_lib
+
+  sys.argv = config_lib.resolve_argv(sys.argv)
+  app.run(main)
 
 
 if __name__ == '__main__':
-    run()
+  run()

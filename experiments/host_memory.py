@@ -23,12 +23,16 @@ import os
 
 import jax
 from absl import flags, logging
-from jax._src import xla_bridge  # JAX has no public way to ask whether a backend has started.
+from jax._src import (
+  xla_bridge,
+)  # JAX has no public way to ask whether a backend has started.
 
 KEEP_STEP_BUFFERS = flags.DEFINE_bool(
-    'keep_host_step_buffers', True,
-    'On CPU, run steps inline and keep freed heap memory mapped, so XLA does not page-fault '
-    'its step buffer in again every step (experiments/host_memory.py).')
+  'keep_host_step_buffers',
+  True,
+  'On CPU, run steps inline and keep freed heap memory mapped, so XLA does not page-fault '
+  'its step buffer in again every step (experiments/host_memory.py).',
+)
 
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
@@ -36,40 +40,44 @@ _M_MMAP_MAX = -4
 
 
 def _glibc() -> ctypes.CDLL | None:
-    try:
-        if not os.confstr('CS_GNU_LIBC_VERSION'):
-            return None
-    except (ValueError, OSError):
-        return None
-    libc = ctypes.CDLL(None)
-    return libc if hasattr(libc, 'mallopt') else None
+  try:
+    if not os.confstr('CS_GNU_LIBC_VERSION'):
+      return None
+  except (ValueError, OSError):
+    return None
+  libc = ctypes.CDLL(None)
+  return libc if hasattr(libc, 'mallopt') else None
 
 
 def keep_step_buffers_mapped(enabled: bool = True) -> str:
-    """Applies the settings above where they apply; returns a line for the logs.
+  """Applies the settings above where they apply; returns a line for the logs.
 
-    Call before any JAX computation. ``enabled=False`` changes nothing (and says so).
-    """
-    if not enabled:
-        return 'host step buffers: JAX and glibc defaults (--keep_host_step_buffers=false)'
-    if xla_bridge.backends_are_initialized():
-        # Too late for the dispatch setting (e.g. after jax.distributed.initialize() queried
-        # the devices); without it the buffer stays in a thread's arena, out of mallopt's reach.
-        return 'host step buffers: JAX and glibc defaults (a JAX backend had already started)'
-    jax.config.update('jax_cpu_enable_async_dispatch', False)
-    if jax.default_backend() != 'cpu':
-        return f'host step buffers: not needed on {jax.default_backend()}'
-    libc = _glibc()
-    if libc is None:
-        return 'host step buffers: CPU steps run inline; not glibc, allocator left as is'
-    # -1 becomes SIZE_MAX in glibc: never trim the heap top.
-    applied = [libc.mallopt(_M_MMAP_MAX, 0), libc.mallopt(_M_TRIM_THRESHOLD, -1)]
-    if not all(applied):
-        raise RuntimeError(f'glibc refused the mallopt settings: {applied}')
-    return ('host step buffers: CPU steps run inline, and the main heap keeps freed memory '
-            'mapped (no mmap, no trim)')
+  Call before any JAX computation. ``enabled=False`` changes nothing (and says so).
+  """
+  if not enabled:
+    return 'host step buffers: JAX and glibc defaults (--keep_host_step_buffers=false)'
+  if xla_bridge.backends_are_initialized():
+    # Too late for the dispatch setting (e.g. after jax.distributed.initialize() queried
+    # the devices); without it the buffer stays in a thread's arena, out of mallopt's reach.
+    return 'host step buffers: JAX and glibc defaults (a JAX backend had already started)'
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  if jax.default_backend() != 'cpu':
+    return f'host step buffers: not needed on {jax.default_backend()}'
+  libc = _glibc()
+  if libc is None:
+    return (
+      'host step buffers: CPU steps run inline; not glibc, allocator left as is'
+    )
+  # -1 becomes SIZE_MAX in glibc: never trim the heap top.
+  applied = [libc.mallopt(_M_MMAP_MAX, 0), libc.mallopt(_M_TRIM_THRESHOLD, -1)]
+  if not all(applied):
+    raise RuntimeError(f'glibc refused the mallopt settings: {applied}')
+  return (
+    'host step buffers: CPU steps run inline, and the main heap keeps freed memory '
+    'mapped (no mmap, no trim)'
+  )
 
 
 def apply_from_flags() -> None:
-    """:func:`keep_step_buffers_mapped` as ``--keep_host_step_buffers`` says, logged."""
-    logging.info('%s', keep_step_buffers_mapped(KEEP_STEP_BUFFERS.value))
+  """:func:`keep_step_buffers_mapped` as ``--keep_host_step_buffers`` says, logged."""
+  logging.info('%s', keep_step_buffers_mapped(KEEP_STEP_BUFFERS.value))

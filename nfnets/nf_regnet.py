@@ -18,173 +18,294 @@ from nfnets.nfnet import check_images
 
 # Official release (base.py: nf_regnet_params): stage widths before the 0.75 width multiplier.
 VARIANTS: dict[str, dict] = {
-    'B0': dict(width=(48, 104, 208, 440), depth=(1, 3, 6, 6), train_imsize=192,
-               test_imsize=224, drop_rate=0.2),
-    'B1': dict(width=(48, 104, 208, 440), depth=(2, 4, 7, 7), train_imsize=224,
-               test_imsize=256, drop_rate=0.2),
-    'B2': dict(width=(56, 112, 232, 488), depth=(2, 4, 8, 8), train_imsize=240,
-               test_imsize=272, drop_rate=0.3),
-    'B3': dict(width=(56, 128, 248, 528), depth=(2, 5, 9, 9), train_imsize=288,
-               test_imsize=320, drop_rate=0.3),
-    'B4': dict(width=(64, 144, 288, 616), depth=(2, 6, 11, 11), train_imsize=320,
-               test_imsize=384, drop_rate=0.4),
-    'B5': dict(width=(80, 168, 336, 704), depth=(3, 7, 14, 14), train_imsize=384,
-               test_imsize=456, drop_rate=0.4),
-    'B6': dict(width=(88, 184, 376, 792), depth=(3, 8, 16, 16), train_imsize=448,
-               test_imsize=528, drop_rate=0.5),
-    'B7': dict(width=(96, 208, 416, 880), depth=(4, 10, 19, 19), train_imsize=512,
-               test_imsize=600, drop_rate=0.5),
-    'B8': dict(width=(104, 232, 456, 968), depth=(4, 11, 22, 22), train_imsize=600,
-               test_imsize=672, drop_rate=0.5),
+  'B0': dict(
+    width=(48, 104, 208, 440),
+    depth=(1, 3, 6, 6),
+    train_imsize=192,
+    test_imsize=224,
+    drop_rate=0.2,
+  ),
+  'B1': dict(
+    width=(48, 104, 208, 440),
+    depth=(2, 4, 7, 7),
+    train_imsize=224,
+    test_imsize=256,
+    drop_rate=0.2,
+  ),
+  'B2': dict(
+    width=(56, 112, 232, 488),
+    depth=(2, 4, 8, 8),
+    train_imsize=240,
+    test_imsize=272,
+    drop_rate=0.3,
+  ),
+  'B3': dict(
+    width=(56, 128, 248, 528),
+    depth=(2, 5, 9, 9),
+    train_imsize=288,
+    test_imsize=320,
+    drop_rate=0.3,
+  ),
+  'B4': dict(
+    width=(64, 144, 288, 616),
+    depth=(2, 6, 11, 11),
+    train_imsize=320,
+    test_imsize=384,
+    drop_rate=0.4,
+  ),
+  'B5': dict(
+    width=(80, 168, 336, 704),
+    depth=(3, 7, 14, 14),
+    train_imsize=384,
+    test_imsize=456,
+    drop_rate=0.4,
+  ),
+  'B6': dict(
+    width=(88, 184, 376, 792),
+    depth=(3, 8, 16, 16),
+    train_imsize=448,
+    test_imsize=528,
+    drop_rate=0.5,
+  ),
+  'B7': dict(
+    width=(96, 208, 416, 880),
+    depth=(4, 10, 19, 19),
+    train_imsize=512,
+    test_imsize=600,
+    drop_rate=0.5,
+  ),
+  'B8': dict(
+    width=(104, 232, 456, 968),
+    depth=(4, 11, 22, 22),
+    train_imsize=600,
+    test_imsize=672,
+    drop_rate=0.5,
+  ),
 }
 TOTAL_STRIDE = 32  # stem (2) x four stride-2 stages
 # Official experiment_nf_regnets.py weight decay per variant (5e-5 + 1e-5 * level).
-WEIGHT_DECAY = {'B0': 5e-5, 'B1': 6e-5, 'B2': 7e-5, 'B3': 8e-5, 'B4': 9e-5, 'B5': 1e-4}
+WEIGHT_DECAY = {
+  'B0': 5e-5,
+  'B1': 6e-5,
+  'B2': 7e-5,
+  'B3': 8e-5,
+  'B4': 9e-5,
+  'B5': 1e-4,
+}
 
 
 class NFBlock(hk.Module):
-    """NF-RegNet inverted bottleneck; every block of a stage but the first keeps its width."""
+  """NF-RegNet inverted bottleneck; every block of a stage but the first keeps its width."""
 
-    def __init__(self, in_ch: int, out_ch: int, expansion: float = 2.25, se_ratio: float = 0.5,
-                 kernel_size: int = 3, group_size: int = 8, stride: int = 1, beta: float = 1.0,
-                 alpha: float = 0.2, activation=jax.nn.silu,
-                 stochdepth_rate: float | None = None, name: str | None = None):
-        super().__init__(name=name)
-        self.in_ch, self.out_ch = in_ch, out_ch
-        self.activation = activation
-        self.beta, self.alpha = beta, alpha
-        # Round the expanded width down to whole groups of ``group_size`` channels.
-        self.groups = int(in_ch * expansion) // group_size
-        if self.groups < 1:
-            raise ValueError(f'Expanded width {int(in_ch * expansion)} is smaller than '
-                             f'group_size={group_size}; widen the network or shrink the groups.')
-        self.width = group_size * self.groups
-        self.stride = stride
-        self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
-        self.conv1 = layers.WSConv2D(self.width, kernel_shape=kernel_size, stride=stride,
-                                     feature_group_count=self.groups, name='conv1')
-        self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
-        self.use_projection = stride > 1 or in_ch != out_ch
-        if self.use_projection:
-            self.conv_shortcut = layers.WSConv2D(out_ch, kernel_shape=1, name='conv_shortcut')
-        self.se = layers.SqueezeExcite(self.width, self.width, se_ratio)
-        self.has_stochdepth = stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-        if self.has_stochdepth:
-            self.stoch_depth = layers.StochDepth(stochdepth_rate)
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    expansion: float = 2.25,
+    se_ratio: float = 0.5,
+    kernel_size: int = 3,
+    group_size: int = 8,
+    stride: int = 1,
+    beta: float = 1.0,
+    alpha: float = 0.2,
+    activation=jax.nn.silu,
+    stochdepth_rate: float | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.in_ch, self.out_ch = in_ch, out_ch
+    self.activation = activation
+    self.beta, self.alpha = beta, alpha
+    # Round the expanded width down to whole groups of ``group_size`` channels.
+    self.groups = int(in_ch * expansion) // group_size
+    if self.groups < 1:
+      raise ValueError(
+        f'Expanded width {int(in_ch * expansion)} is smaller than '
+        f'group_size={group_size}; widen the network or shrink the groups.'
+      )
+    self.width = group_size * self.groups
+    self.stride = stride
+    self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
+    self.conv1 = layers.WSConv2D(
+      self.width,
+      kernel_shape=kernel_size,
+      stride=stride,
+      feature_group_count=self.groups,
+      name='conv1',
+    )
+    self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = layers.WSConv2D(
+        out_ch, kernel_shape=1, name='conv_shortcut'
+      )
+    self.se = layers.SqueezeExcite(self.width, self.width, se_ratio)
+    self.has_stochdepth = (
+      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
+    )
+    if self.has_stochdepth:
+      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
-    def __call__(self, x: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
-        """Returns the block output and the residual branch's average channel variance."""
-        out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
-        shortcut = layers.pooled_shortcut(
-            x, out, self.stride, self.conv_shortcut if self.use_projection else None)
-        out = self.conv0(out)
-        out = self.conv1(self.activation(out))
-        out = (self.se(out) * 2) * out  # SE on the expanded width, before the projection.
-        out = self.conv2(self.activation(out))
-        return layers.residual_merge(out, shortcut, self.alpha,
-                                     self.stoch_depth if self.has_stochdepth else None,
-                                     is_training)
+  def __call__(
+    self, x: jax.Array, is_training: bool
+  ) -> tuple[jax.Array, jax.Array]:
+    """Returns the block output and the residual branch's average channel variance."""
+    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    shortcut = layers.pooled_shortcut(
+      x, out, self.stride, self.conv_shortcut if self.use_projection else None
+    )
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    out = (
+      self.se(out) * 2
+    ) * out  # SE on the expanded width, before the projection.
+    out = self.conv2(self.activation(out))
+    return layers.residual_merge(
+      out,
+      shortcut,
+      self.alpha,
+      self.stoch_depth if self.has_stochdepth else None,
+      is_training,
+    )
 
-    def count_macs(self, h: float, w: float) -> float:
-        """Multiply-adds at input size ``h x w``, as the official ``NFBlock.count_flops``."""
-        macs = self.conv0.count_macs(self.in_ch, h, w)
-        macs += self.conv1.count_macs(self.width, h, w)
-        h, w = h / self.stride, w / self.stride
-        if self.use_projection:
-            macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
-        macs += self.se.count_macs()
-        macs += self.conv2.count_macs(self.width, h, w)
-        return macs
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds at input size ``h x w``, as the official ``NFBlock.count_flops``."""
+    macs = self.conv0.count_macs(self.in_ch, h, w)
+    macs += self.conv1.count_macs(self.width, h, w)
+    h, w = h / self.stride, w / self.stride
+    if self.use_projection:
+      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
+    macs += self.se.count_macs()
+    macs += self.conv2.count_macs(self.width, h, w)
+    return macs
 
 
 class NFRegNet(hk.Module):
-    """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
+  """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
-    def __init__(self, num_classes: int, variant: str = 'B0', width: float = 0.75,
-                 expansion: float = 2.25, group_size: int = 8, se_ratio: float = 0.5,
-                 alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float | None = None,
-                 activation: str = 'silu', fc_init: hk.initializers.Initializer | None = None,
-                 name: str = 'NF_RegNet'):
-        super().__init__(name=name)
-        if variant not in VARIANTS:
-            raise ValueError(f'Unknown NF-RegNet variant {variant!r}; accepted: '
-                             f'{sorted(VARIANTS)}.')
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
-        params = VARIANTS[variant]
-        self.num_classes = num_classes
-        self.variant = variant
-        self.train_imsize, self.test_imsize = params['train_imsize'], params['test_imsize']
-        self.activation = activations.get_activation(activation)
-        self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
-        ch = int(params['width'][0] * width)
-        self.initial_conv = layers.WSConv2D(ch, kernel_shape=3, stride=2, name='initial_conv')
-        self.blocks = []
-        expected_std = 1.0
-        num_blocks = sum(params['depth'])
-        index = 0
-        for block_width, stage_depth in zip(params['width'], params['depth']):
-            for block_index in range(stage_depth):
-                out_ch = int(block_width * width)
-                self.blocks.append(NFBlock(
-                    ch, out_ch, expansion=1 if index == 0 else expansion,  # EffNet's first block
-                    se_ratio=se_ratio, group_size=group_size,
-                    stride=2 if block_index == 0 else 1, beta=1.0 / expected_std, alpha=alpha,
-                    activation=self.activation,
-                    stochdepth_rate=stochdepth_rate * index / num_blocks))
-                ch = out_ch
-                index += 1
-                if block_index == 0:
-                    expected_std = 1.0
-                expected_std = math.sqrt(expected_std**2 + alpha**2)
-        # EfficientNet-style head: 1280 channels for a 440-wide last stage, scaled with it.
-        self.final_conv = layers.WSConv2D(int(1280 * ch // 440), kernel_shape=1,
-                                          name='final_conv')
-        # Official default: zero-initialized classifier.
-        self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
+  def __init__(
+    self,
+    num_classes: int,
+    variant: str = 'B0',
+    width: float = 0.75,
+    expansion: float = 2.25,
+    group_size: int = 8,
+    se_ratio: float = 0.5,
+    alpha: float = 0.2,
+    stochdepth_rate: float = 0.1,
+    drop_rate: float | None = None,
+    activation: str = 'silu',
+    fc_init: hk.initializers.Initializer | None = None,
+    name: str = 'NF_RegNet',
+  ):
+    super().__init__(name=name)
+    if variant not in VARIANTS:
+      raise ValueError(
+        f'Unknown NF-RegNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
+      )
+    if not isinstance(num_classes, int) or num_classes < 1:
+      raise ValueError(
+        f'num_classes must be a positive int, got {num_classes!r}.'
+      )
+    params = VARIANTS[variant]
+    self.num_classes = num_classes
+    self.variant = variant
+    self.train_imsize, self.test_imsize = (
+      params['train_imsize'],
+      params['test_imsize'],
+    )
+    self.activation = activations.get_activation(activation)
+    self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
+    if not 0.0 <= self.drop_rate < 1.0:
+      raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
+    ch = int(params['width'][0] * width)
+    self.initial_conv = layers.WSConv2D(
+      ch, kernel_shape=3, stride=2, name='initial_conv'
+    )
+    self.blocks = []
+    expected_std = 1.0
+    num_blocks = sum(params['depth'])
+    index = 0
+    for block_width, stage_depth in zip(params['width'], params['depth']):
+      for block_index in range(stage_depth):
+        out_ch = int(block_width * width)
+        self.blocks.append(
+          NFBlock(
+            ch,
+            out_ch,
+            expansion=1 if index == 0 else expansion,  # EffNet's first block
+            se_ratio=se_ratio,
+            group_size=group_size,
+            stride=2 if block_index == 0 else 1,
+            beta=1.0 / expected_std,
+            alpha=alpha,
+            activation=self.activation,
+            stochdepth_rate=stochdepth_rate * index / num_blocks,
+          )
+        )
+        ch = out_ch
+        index += 1
+        if block_index == 0:
+          expected_std = 1.0
+        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    # EfficientNet-style head: 1280 channels for a 440-wide last stage, scaled with it.
+    self.final_conv = layers.WSConv2D(
+      int(1280 * ch // 440), kernel_shape=1, name='final_conv'
+    )
+    # Official default: zero-initialized classifier.
+    self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
 
-    def __call__(self, x: jax.Array, is_training: bool,
-                 return_metrics: bool = False) -> dict[str, jax.Array]:
-        """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
-        check_images(x, TOTAL_STRIDE)
-        outputs = {}
-        out = self.initial_conv(x)
-        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
-        out = self.activation(self.final_conv(out))
-        return layers.classifier_head(out, self.fc, self.drop_rate, is_training, outputs)
+  def __call__(
+    self, x: jax.Array, is_training: bool, return_metrics: bool = False
+  ) -> dict[str, jax.Array]:
+    """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
+    check_images(x, TOTAL_STRIDE)
+    outputs = {}
+    out = self.initial_conv(x)
+    out = layers.run_blocks(
+      self.blocks, out, is_training, return_metrics, outputs
+    )
+    out = self.activation(self.final_conv(out))
+    return layers.classifier_head(
+      out, self.fc, self.drop_rate, is_training, outputs
+    )
 
-    def count_macs(self, h: float, w: float) -> float:
-        """Multiply-adds of one image at ``h x w``, as the official ``count_flops``."""
-        macs = self.initial_conv.count_macs(3, h, w)
-        h, w = h / 2, w / 2
-        for block in self.blocks:
-            macs += block.count_macs(h, w)
-            h, w = h / block.stride, w / block.stride
-        macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
-        return macs + self.final_conv.output_channels * self.num_classes
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds of one image at ``h x w``, as the official ``count_flops``."""
+    macs = self.initial_conv.count_macs(3, h, w)
+    h, w = h / 2, w / 2
+    for block in self.blocks:
+      macs += block.count_macs(h, w)
+      h, w = h / block.stride, w / block.stride
+    macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
+    return macs + self.final_conv.output_channels * self.num_classes
 
 
 def _nf_regnet(num_classes: int, **kwargs) -> NFRegNet:
-    return NFRegNet(num_classes=num_classes, **kwargs)
+  return NFRegNet(num_classes=num_classes, **kwargs)
 
 
 def _variant_info(kwargs: dict) -> dict:
-    variant = kwargs.get('variant', 'B0')
-    if variant not in VARIANTS:
-        raise ValueError(f'Unknown NF-RegNet variant {variant!r}; accepted: '
-                         f'{sorted(VARIANTS)}.')
-    params = VARIANTS[variant]
-    drop_rate = kwargs.get('drop_rate')
-    info = dict(train_imsize=params['train_imsize'], test_imsize=params['test_imsize'],
-                drop_rate=params['drop_rate'] if drop_rate is None else drop_rate)
-    if variant in WEIGHT_DECAY:
-        info['weight_decay'] = WEIGHT_DECAY[variant]
-    return info
+  variant = kwargs.get('variant', 'B0')
+  if variant not in VARIANTS:
+    raise ValueError(
+      f'Unknown NF-RegNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
+    )
+  params = VARIANTS[variant]
+  drop_rate = kwargs.get('drop_rate')
+  info = dict(
+    train_imsize=params['train_imsize'],
+    test_imsize=params['test_imsize'],
+    drop_rate=params['drop_rate'] if drop_rate is None else drop_rate,
+  )
+  if variant in WEIGHT_DECAY:
+    info['weight_decay'] = WEIGHT_DECAY[variant]
+  return info
 
 
 _nf_regnet.variant_info = _variant_info
 
 for _variant in VARIANTS:
-    registry.register(f'nf_regnet_{_variant.lower()}', _nf_regnet, variant=_variant)
+  registry.register(
+    f'nf_regnet_{_variant.lower()}', _nf_regnet, variant=_variant
+  )

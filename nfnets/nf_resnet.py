@@ -21,166 +21,232 @@ from nfnets.nfnet import check_images
 # Blocks per stage. 26 is the NF-ResNet paper's smallest model; 288 and 600 are the official
 # release's deep variants (used for the signal-propagation plots).
 VARIANTS: dict[str, dict] = {
-    'ResNet26': dict(depth=(2, 2, 2, 2)),
-    'ResNet50': dict(depth=(3, 4, 6, 3)),
-    'ResNet101': dict(depth=(3, 4, 23, 3)),
-    'ResNet152': dict(depth=(3, 8, 36, 3)),
-    'ResNet200': dict(depth=(3, 24, 36, 3)),
-    'ResNet288': dict(depth=(24, 24, 24, 24)),
-    'ResNet600': dict(depth=(50, 50, 50, 50)),
+  'ResNet26': dict(depth=(2, 2, 2, 2)),
+  'ResNet50': dict(depth=(3, 4, 6, 3)),
+  'ResNet101': dict(depth=(3, 4, 23, 3)),
+  'ResNet152': dict(depth=(3, 8, 36, 3)),
+  'ResNet200': dict(depth=(3, 24, 36, 3)),
+  'ResNet288': dict(depth=(24, 24, 24, 24)),
+  'ResNet600': dict(depth=(50, 50, 50, 50)),
 }
-_BASE_WIDTHS = (64, 128, 256, 512)  # times ``width`` (4 by default: 256 ... 2048)
+_BASE_WIDTHS = (
+  64,
+  128,
+  256,
+  512,
+)  # times ``width`` (4 by default: 256 ... 2048)
 _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # 7x7 conv (2) x max pool (2) x stages (1 * 2 * 2 * 2)
 IMSIZE = 224  # The NF-ResNet paper trains and tests at 224.
 
 
 class NFResBlock(hk.Module):
-    """Normalizer-free pre-activation bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (-> SE x2).
+  """Normalizer-free pre-activation bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (-> SE x2).
 
-    The shortcut is the input itself, or a strided 1x1 WS conv of the pre-activated input when
-    the block changes resolution or width.
+  The shortcut is the input itself, or a strided 1x1 WS conv of the pre-activated input when
+  the block changes resolution or width.
+  """
+
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    bottleneck_ratio: float = 0.25,
+    kernel_size: int = 3,
+    stride: int = 1,
+    beta: float = 1.0,
+    alpha: float = 0.2,
+    activation=jax.nn.relu,
+    skip_init: float = 0.0,
+    stochdepth_rate: float | None = None,
+    use_se: bool = False,
+    se_ratio: float = 0.25,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.in_ch, self.out_ch = in_ch, out_ch
+    self.activation = activation
+    self.beta, self.alpha = beta, alpha
+    self.skip_init = skip_init
+    self.width = int(out_ch * bottleneck_ratio)
+    self.stride = stride
+    self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
+    self.conv1 = layers.WSConv2D(
+      self.width, kernel_shape=kernel_size, stride=stride, name='conv1'
+    )
+    self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = layers.WSConv2D(
+        out_ch, kernel_shape=1, stride=stride, name='conv_shortcut'
+      )
+    self.use_se = use_se
+    if use_se:
+      self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
+    self.has_stochdepth = (
+      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
+    )
+    if self.has_stochdepth:
+      self.stoch_depth = layers.StochDepth(stochdepth_rate)
+
+  def __call__(
+    self, x: jax.Array, is_training: bool
+  ) -> tuple[jax.Array, jax.Array]:
+    """Returns the block output and the residual branch's average channel variance."""
+    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    shortcut = self.conv_shortcut(out) if self.use_projection else x
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    out = self.conv2(self.activation(out))
+    if self.use_se:
+      out = (self.se(out) * 2) * out
+    return layers.residual_merge(
+      out,
+      shortcut,
+      self.alpha,
+      self.stoch_depth if self.has_stochdepth else None,
+      is_training,
+      skip_init=self.skip_init,
+    )
+
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds at input size ``h x w`` (the official ``count_conv_flops`` rule).
+
+    Unlike the official ``count_flops`` (which would divide the strided shortcut by the
+    stride twice), the shortcut is counted at the block's input resolution, where its own
+    stride applies, so the count equals the traced convolutions.
     """
-
-    def __init__(self, in_ch: int, out_ch: int, bottleneck_ratio: float = 0.25,
-                 kernel_size: int = 3, stride: int = 1, beta: float = 1.0, alpha: float = 0.2,
-                 activation=jax.nn.relu, skip_init: float = 0.0,
-                 stochdepth_rate: float | None = None, use_se: bool = False,
-                 se_ratio: float = 0.25, name: str | None = None):
-        super().__init__(name=name)
-        self.in_ch, self.out_ch = in_ch, out_ch
-        self.activation = activation
-        self.beta, self.alpha = beta, alpha
-        self.skip_init = skip_init
-        self.width = int(out_ch * bottleneck_ratio)
-        self.stride = stride
-        self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
-        self.conv1 = layers.WSConv2D(self.width, kernel_shape=kernel_size, stride=stride,
-                                     name='conv1')
-        self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
-        self.use_projection = stride > 1 or in_ch != out_ch
-        if self.use_projection:
-            self.conv_shortcut = layers.WSConv2D(out_ch, kernel_shape=1, stride=stride,
-                                                 name='conv_shortcut')
-        self.use_se = use_se
-        if use_se:
-            self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-        self.has_stochdepth = stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-        if self.has_stochdepth:
-            self.stoch_depth = layers.StochDepth(stochdepth_rate)
-
-    def __call__(self, x: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
-        """Returns the block output and the residual branch's average channel variance."""
-        out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
-        shortcut = self.conv_shortcut(out) if self.use_projection else x
-        out = self.conv0(out)
-        out = self.conv1(self.activation(out))
-        out = self.conv2(self.activation(out))
-        if self.use_se:
-            out = (self.se(out) * 2) * out
-        return layers.residual_merge(out, shortcut, self.alpha,
-                                     self.stoch_depth if self.has_stochdepth else None,
-                                     is_training, skip_init=self.skip_init)
-
-    def count_macs(self, h: float, w: float) -> float:
-        """Multiply-adds at input size ``h x w`` (the official ``count_conv_flops`` rule).
-
-        Unlike the official ``count_flops`` (which would divide the strided shortcut by the
-        stride twice), the shortcut is counted at the block's input resolution, where its own
-        stride applies, so the count equals the traced convolutions.
-        """
-        macs = self.conv0.count_macs(self.in_ch, h, w)
-        macs += self.conv1.count_macs(self.width, h, w)
-        if self.use_projection:
-            macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
-        h, w = h / self.stride, w / self.stride
-        macs += self.conv2.count_macs(self.width, h, w)
-        if self.use_se:
-            macs += self.se.count_macs()
-        return macs
+    macs = self.conv0.count_macs(self.in_ch, h, w)
+    macs += self.conv1.count_macs(self.width, h, w)
+    if self.use_projection:
+      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
+    h, w = h / self.stride, w / self.stride
+    macs += self.conv2.count_macs(self.width, h, w)
+    if self.use_se:
+      macs += self.se.count_macs()
+    return macs
 
 
 class NFResNet(hk.Module):
-    """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
+  """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
-    def __init__(self, num_classes: int, variant: str = 'ResNet50', width: float = 4,
-                 alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float = 0.0,
-                 activation: str = 'relu', fc_init: hk.initializers.Initializer | None = None,
-                 skip_init: float = 0.0, use_se: bool = False, se_ratio: float = 0.25,
-                 name: str = 'NF_ResNet'):
-        super().__init__(name=name)
-        if variant not in VARIANTS:
-            raise ValueError(f'Unknown NF-ResNet variant {variant!r}; accepted: '
-                             f'{sorted(VARIANTS)}.')
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
-        self.num_classes = num_classes
-        self.variant = variant
-        self.depth_pattern = VARIANTS[variant]['depth']
-        self.width_pattern = [int(base * width) for base in _BASE_WIDTHS]
-        self.activation = activations.get_activation(activation)
-        self.drop_rate = drop_rate
-        ch = int(16 * width)
-        self.initial_conv = layers.WSConv2D(ch, kernel_shape=7, stride=2, name='initial_conv')
-        self.blocks = []
-        expected_std = 1.0
-        num_blocks = sum(self.depth_pattern)
-        index = 0
-        for block_width, stage_depth, stride in zip(self.width_pattern, self.depth_pattern,
-                                                    _STRIDES):
-            for block_index in range(stage_depth):
-                self.blocks.append(NFResBlock(
-                    ch, block_width, stride=stride if block_index == 0 else 1,
-                    beta=1.0 / expected_std, alpha=alpha, activation=self.activation,
-                    skip_init=skip_init, stochdepth_rate=stochdepth_rate * index / num_blocks,
-                    use_se=use_se, se_ratio=se_ratio))
-                ch = block_width
-                index += 1
-                # The projection shortcut resets the expected std; every block grows it.
-                if block_index == 0:
-                    expected_std = 1.0
-                expected_std = math.sqrt(expected_std**2 + alpha**2)
-        self.fc = layers.Linear(
-            num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01))
+  def __init__(
+    self,
+    num_classes: int,
+    variant: str = 'ResNet50',
+    width: float = 4,
+    alpha: float = 0.2,
+    stochdepth_rate: float = 0.1,
+    drop_rate: float = 0.0,
+    activation: str = 'relu',
+    fc_init: hk.initializers.Initializer | None = None,
+    skip_init: float = 0.0,
+    use_se: bool = False,
+    se_ratio: float = 0.25,
+    name: str = 'NF_ResNet',
+  ):
+    super().__init__(name=name)
+    if variant not in VARIANTS:
+      raise ValueError(
+        f'Unknown NF-ResNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
+      )
+    if not isinstance(num_classes, int) or num_classes < 1:
+      raise ValueError(
+        f'num_classes must be a positive int, got {num_classes!r}.'
+      )
+    if not 0.0 <= drop_rate < 1.0:
+      raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
+    self.num_classes = num_classes
+    self.variant = variant
+    self.depth_pattern = VARIANTS[variant]['depth']
+    self.width_pattern = [int(base * width) for base in _BASE_WIDTHS]
+    self.activation = activations.get_activation(activation)
+    self.drop_rate = drop_rate
+    ch = int(16 * width)
+    self.initial_conv = layers.WSConv2D(
+      ch, kernel_shape=7, stride=2, name='initial_conv'
+    )
+    self.blocks = []
+    expected_std = 1.0
+    num_blocks = sum(self.depth_pattern)
+    index = 0
+    for block_width, stage_depth, stride in zip(
+      self.width_pattern, self.depth_pattern, _STRIDES
+    ):
+      for block_index in range(stage_depth):
+        self.blocks.append(
+          NFResBlock(
+            ch,
+            block_width,
+            stride=stride if block_index == 0 else 1,
+            beta=1.0 / expected_std,
+            alpha=alpha,
+            activation=self.activation,
+            skip_init=skip_init,
+            stochdepth_rate=stochdepth_rate * index / num_blocks,
+            use_se=use_se,
+            se_ratio=se_ratio,
+          )
+        )
+        ch = block_width
+        index += 1
+        # The projection shortcut resets the expected std; every block grows it.
+        if block_index == 0:
+          expected_std = 1.0
+        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    self.fc = layers.Linear(
+      num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01)
+    )
 
-    def __call__(self, x: jax.Array, is_training: bool,
-                 return_metrics: bool = False) -> dict[str, jax.Array]:
-        """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
-        check_images(x, TOTAL_STRIDE)
-        outputs = {}
-        out = self.initial_conv(x)
-        out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
-        return layers.classifier_head(self.activation(out), self.fc, self.drop_rate, is_training,
-                                      outputs)
+  def __call__(
+    self, x: jax.Array, is_training: bool, return_metrics: bool = False
+  ) -> dict[str, jax.Array]:
+    """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
+    check_images(x, TOTAL_STRIDE)
+    outputs = {}
+    out = self.initial_conv(x)
+    out = hk.max_pool(
+      out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
+    )
+    out = layers.run_blocks(
+      self.blocks, out, is_training, return_metrics, outputs
+    )
+    return layers.classifier_head(
+      self.activation(out), self.fc, self.drop_rate, is_training, outputs
+    )
 
-    def count_macs(self, h: float, w: float) -> float:
-        """Multiply-adds of one image at ``h x w`` (official per-conv rule, stem max pool kept)."""
-        macs = self.initial_conv.count_macs(3, h, w)
-        h, w = h / 4, w / 4  # stride-2 conv, then the stride-2 max pool
-        for block in self.blocks:
-            macs += block.count_macs(h, w)
-            h, w = h / block.stride, w / block.stride
-        return macs + self.blocks[-1].out_ch * self.num_classes
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds of one image at ``h x w`` (official per-conv rule, stem max pool kept)."""
+    macs = self.initial_conv.count_macs(3, h, w)
+    h, w = h / 4, w / 4  # stride-2 conv, then the stride-2 max pool
+    for block in self.blocks:
+      macs += block.count_macs(h, w)
+      h, w = h / block.stride, w / block.stride
+    return macs + self.blocks[-1].out_ch * self.num_classes
 
 
 def _nf_resnet(num_classes: int, **kwargs) -> NFResNet:
-    return NFResNet(num_classes=num_classes, **kwargs)
+  return NFResNet(num_classes=num_classes, **kwargs)
 
 
 def _variant_info(kwargs: dict) -> dict:
-    variant = kwargs.get('variant', 'ResNet50')
-    if variant not in VARIANTS:
-        raise ValueError(f'Unknown NF-ResNet variant {variant!r}; accepted: '
-                         f'{sorted(VARIANTS)}.')
-    return dict(train_imsize=IMSIZE, test_imsize=IMSIZE, drop_rate=kwargs.get('drop_rate', 0.0))
+  variant = kwargs.get('variant', 'ResNet50')
+  if variant not in VARIANTS:
+    raise ValueError(
+      f'Unknown NF-ResNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
+    )
+  return dict(
+    train_imsize=IMSIZE,
+    test_imsize=IMSIZE,
+    drop_rate=kwargs.get('drop_rate', 0.0),
+  )
 
 
 _nf_resnet.variant_info = _variant_info
 
 for _variant in VARIANTS:
-    _depth = _variant.removeprefix('ResNet')
-    registry.register(f'nf_resnet_{_depth}', _nf_resnet, variant=_variant)
-    registry.register(f'nf_seresnet_{_depth}', _nf_resnet, variant=_variant, use_se=True)
+  _depth = _variant.removeprefix('ResNet')
+  registry.register(f'nf_resnet_{_depth}', _nf_resnet, variant=_variant)
+  registry.register(
+    f'nf_seresnet_{_depth}', _nf_resnet, variant=_variant, use_se=True
+  )

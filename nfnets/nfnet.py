@@ -17,233 +17,351 @@ from nfnets import activations, layers, registry
 _BASE_WIDTH = (256, 512, 1536, 1536)
 _PLUS_WIDTH = (384, 768, 2048, 2048)
 _F_SERIES = {
-    'F0': dict(depth=(1, 2, 6, 3), train_imsize=192, test_imsize=256, RA_level='405',
-               drop_rate=0.2),
-    'F1': dict(depth=(2, 4, 12, 6), train_imsize=224, test_imsize=320, RA_level='410',
-               drop_rate=0.3),
-    'F2': dict(depth=(3, 6, 18, 9), train_imsize=256, test_imsize=352, RA_level='410',
-               drop_rate=0.4),
-    'F3': dict(depth=(4, 8, 24, 12), train_imsize=320, test_imsize=416, RA_level='415',
-               drop_rate=0.4),
-    'F4': dict(depth=(5, 10, 30, 15), train_imsize=384, test_imsize=512, RA_level='415',
-               drop_rate=0.5),
-    'F5': dict(depth=(6, 12, 36, 18), train_imsize=416, test_imsize=544, RA_level='415',
-               drop_rate=0.5),
-    'F6': dict(depth=(7, 14, 42, 21), train_imsize=448, test_imsize=576, RA_level='415',
-               drop_rate=0.5),
-    'F7': dict(depth=(8, 16, 48, 24), train_imsize=480, test_imsize=608, RA_level='415',
-               drop_rate=0.5),
+  'F0': dict(
+    depth=(1, 2, 6, 3),
+    train_imsize=192,
+    test_imsize=256,
+    RA_level='405',
+    drop_rate=0.2,
+  ),
+  'F1': dict(
+    depth=(2, 4, 12, 6),
+    train_imsize=224,
+    test_imsize=320,
+    RA_level='410',
+    drop_rate=0.3,
+  ),
+  'F2': dict(
+    depth=(3, 6, 18, 9),
+    train_imsize=256,
+    test_imsize=352,
+    RA_level='410',
+    drop_rate=0.4,
+  ),
+  'F3': dict(
+    depth=(4, 8, 24, 12),
+    train_imsize=320,
+    test_imsize=416,
+    RA_level='415',
+    drop_rate=0.4,
+  ),
+  'F4': dict(
+    depth=(5, 10, 30, 15),
+    train_imsize=384,
+    test_imsize=512,
+    RA_level='415',
+    drop_rate=0.5,
+  ),
+  'F5': dict(
+    depth=(6, 12, 36, 18),
+    train_imsize=416,
+    test_imsize=544,
+    RA_level='415',
+    drop_rate=0.5,
+  ),
+  'F6': dict(
+    depth=(7, 14, 42, 21),
+    train_imsize=448,
+    test_imsize=576,
+    RA_level='415',
+    drop_rate=0.5,
+  ),
+  'F7': dict(
+    depth=(8, 16, 48, 24),
+    train_imsize=480,
+    test_imsize=608,
+    RA_level='415',
+    drop_rate=0.5,
+  ),
 }
 VARIANTS: dict[str, dict] = {}
 for _key, _params in _F_SERIES.items():
-    VARIANTS[_key] = dict(width=_BASE_WIDTH, **_params)
-    VARIANTS[_key + '+'] = dict(width=_PLUS_WIDTH, **_params)
+  VARIANTS[_key] = dict(width=_BASE_WIDTH, **_params)
+  VARIANTS[_key + '+'] = dict(width=_PLUS_WIDTH, **_params)
 
 _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # stem (4) x stages (1 * 2 * 2 * 2)
 
 
 class NFBlock(hk.Module):
-    """Normalizer-free bottleneck: ``x + alpha * skip_gain * f(act(x) * beta)``.
+  """Normalizer-free bottleneck: ``x + alpha * skip_gain * f(act(x) * beta)``.
 
-    The residual branch is 1x1 conv -> grouped 3x3 (-> grouped 3x3) -> 1x1 conv -> SE (x2)
-    -> stochastic depth -> scalar ``skip_gain`` (zero at init). Transition blocks take the
-    shortcut from the pre-activated input through a 2x2 average pool (when strided) and a 1x1
-    WS conv.
-    """
+  The residual branch is 1x1 conv -> grouped 3x3 (-> grouped 3x3) -> 1x1 conv -> SE (x2)
+  -> stochastic depth -> scalar ``skip_gain`` (zero at init). Transition blocks take the
+  shortcut from the pre-activated input through a 2x2 average pool (when strided) and a 1x1
+  WS conv.
+  """
 
-    def __init__(self, in_ch: int, out_ch: int, expansion: float = 0.5,
-                 se_ratio: float = 0.5, kernel_shape: int = 3, group_size: int = 128,
-                 stride: int = 1, beta: float = 1.0, alpha: float = 0.2,
-                 activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
-                 big_width: bool = True, use_two_convs: bool = True,
-                 stochdepth_rate: float | None = None,
-                 grouped_conv_impl: str | None = None, name: str | None = None):
-        super().__init__(name=name)
-        self.in_ch, self.out_ch = in_ch, out_ch
-        self.activation = activation
-        self.beta, self.alpha = beta, alpha
-        width = int((out_ch if big_width else in_ch) * expansion)
-        # Round the bottleneck width down to whole groups.
-        self.groups = max(1, width // group_size)
-        self.width = group_size * self.groups if width >= group_size else width
-        self.stride = stride
-        self.use_two_convs = use_two_convs
-        conv = lambda *a, **k: layers.WSConv2D(*a, grouped_conv_impl=grouped_conv_impl, **k)
-        self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
-        self.conv1 = conv(self.width, kernel_shape=kernel_shape, stride=stride,
-                          feature_group_count=self.groups, name='conv1')
-        if use_two_convs:
-            self.conv1b = conv(self.width, kernel_shape=kernel_shape, stride=1,
-                               feature_group_count=self.groups, name='conv1b')
-        self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
-        self.use_projection = stride > 1 or in_ch != out_ch
-        if self.use_projection:
-            self.conv_shortcut = conv(out_ch, kernel_shape=1, name='conv_shortcut')
-        self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-        self.has_stochdepth = stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-        if self.has_stochdepth:
-            self.stoch_depth = layers.StochDepth(stochdepth_rate)
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    expansion: float = 0.5,
+    se_ratio: float = 0.5,
+    kernel_shape: int = 3,
+    group_size: int = 128,
+    stride: int = 1,
+    beta: float = 1.0,
+    alpha: float = 0.2,
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+    big_width: bool = True,
+    use_two_convs: bool = True,
+    stochdepth_rate: float | None = None,
+    grouped_conv_impl: str | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.in_ch, self.out_ch = in_ch, out_ch
+    self.activation = activation
+    self.beta, self.alpha = beta, alpha
+    width = int((out_ch if big_width else in_ch) * expansion)
+    # Round the bottleneck width down to whole groups.
+    self.groups = max(1, width // group_size)
+    self.width = group_size * self.groups if width >= group_size else width
+    self.stride = stride
+    self.use_two_convs = use_two_convs
+    conv = lambda *a, **k: layers.WSConv2D(
+      *a, grouped_conv_impl=grouped_conv_impl, **k
+    )
+    self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
+    self.conv1 = conv(
+      self.width,
+      kernel_shape=kernel_shape,
+      stride=stride,
+      feature_group_count=self.groups,
+      name='conv1',
+    )
+    if use_two_convs:
+      self.conv1b = conv(
+        self.width,
+        kernel_shape=kernel_shape,
+        stride=1,
+        feature_group_count=self.groups,
+        name='conv1b',
+      )
+    self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = conv(out_ch, kernel_shape=1, name='conv_shortcut')
+    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
+    self.has_stochdepth = (
+      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
+    )
+    if self.has_stochdepth:
+      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
-    def __call__(self, x: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
-        """Returns the block output and the residual branch's average channel variance."""
-        out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
-        shortcut = layers.pooled_shortcut(
-            x, out, self.stride, self.conv_shortcut if self.use_projection else None)
-        out = self.conv0(out)
-        out = self.conv1(self.activation(out))
-        if self.use_two_convs:
-            out = self.conv1b(self.activation(out))
-        out = self.conv2(self.activation(out))
-        out = (self.se(out) * 2) * out  # x2 keeps the gate's expected scale near 1.
-        return layers.residual_merge(out, shortcut, self.alpha,
-                                     self.stoch_depth if self.has_stochdepth else None,
-                                     is_training)
+  def __call__(
+    self, x: jax.Array, is_training: bool
+  ) -> tuple[jax.Array, jax.Array]:
+    """Returns the block output and the residual branch's average channel variance."""
+    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    shortcut = layers.pooled_shortcut(
+      x, out, self.stride, self.conv_shortcut if self.use_projection else None
+    )
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    if self.use_two_convs:
+      out = self.conv1b(self.activation(out))
+    out = self.conv2(self.activation(out))
+    out = (self.se(out) * 2) * out  # x2 keeps the gate's expected scale near 1.
+    return layers.residual_merge(
+      out,
+      shortcut,
+      self.alpha,
+      self.stoch_depth if self.has_stochdepth else None,
+      is_training,
+    )
 
-    def count_macs(self, h: float, w: float) -> float:
-        """Multiply-adds at input size ``h x w`` (official counting rules)."""
-        macs = self.conv0.count_macs(self.in_ch, h, w)
-        macs += self.conv1.count_macs(self.width, h, w)
-        if self.stride > 1:
-            h, w = h / self.stride, w / self.stride
-        if self.use_two_convs:
-            macs += self.conv1b.count_macs(self.width, h, w)
-        if self.use_projection:
-            macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
-        macs += self.se.count_macs()
-        macs += self.conv2.count_macs(self.width, h, w)
-        return macs
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds at input size ``h x w`` (official counting rules)."""
+    macs = self.conv0.count_macs(self.in_ch, h, w)
+    macs += self.conv1.count_macs(self.width, h, w)
+    if self.stride > 1:
+      h, w = h / self.stride, w / self.stride
+    if self.use_two_convs:
+      macs += self.conv1b.count_macs(self.width, h, w)
+    if self.use_projection:
+      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
+    macs += self.se.count_macs()
+    macs += self.conv2.count_macs(self.width, h, w)
+    return macs
 
 
 class NFNet(hk.Module):
-    """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
+  """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 
-    def __init__(self, num_classes: int, variant: str = 'F0', width: float = 1.0,
-                 se_ratio: float = 0.5, alpha: float = 0.2, stochdepth_rate: float = 0.1,
-                 drop_rate: float | None = None, activation: str = 'gelu',
-                 fc_init: hk.initializers.Initializer | None = None,
-                 final_conv_mult: float | None = 2, final_conv_ch: int | None = None,
-                 use_two_convs: bool = True, group_size: int = 128,
-                 grouped_conv_impl: str | None = None, name: str = 'NFNet'):
-        super().__init__(name=name)
-        if variant not in VARIANTS:
-            raise ValueError(f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.')
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
-        params = VARIANTS[variant]
-        self.num_classes = num_classes
-        self.variant = variant
-        self.train_imsize = params['train_imsize']
-        self.test_imsize = params['test_imsize']
-        self.activation = activations.get_activation(activation)
-        self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
-        conv = lambda *a, **k: layers.WSConv2D(*a, grouped_conv_impl=grouped_conv_impl, **k)
-        ch = int(params['width'][0] * width) // 2
-        self.stem = [
-            conv(16, kernel_shape=3, stride=2, name='stem_conv0'),
-            conv(32, kernel_shape=3, stride=1, name='stem_conv1'),
-            conv(64, kernel_shape=3, stride=1, name='stem_conv2'),
-            conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
-        ]
-        self.blocks = []
-        expected_std = 1.0
-        num_blocks = sum(params['depth'])
-        index = 0
-        for block_width, stage_depth, stride in zip(params['width'], params['depth'], _STRIDES):
-            for block_index in range(stage_depth):
-                out_ch = int(block_width * width)
-                self.blocks.append(NFBlock(
-                    ch, out_ch, expansion=0.5, se_ratio=se_ratio, group_size=group_size,
-                    stride=stride if block_index == 0 else 1, beta=1.0 / expected_std,
-                    alpha=alpha, activation=self.activation, use_two_convs=use_two_convs,
-                    stochdepth_rate=stochdepth_rate * index / num_blocks,
-                    grouped_conv_impl=grouped_conv_impl))
-                ch = out_ch
-                index += 1
-                # A transition block resets the expected std, then every block grows it.
-                if block_index == 0:
-                    expected_std = 1.0
-                expected_std = math.sqrt(expected_std**2 + alpha**2)
-        if final_conv_mult is None:
-            if final_conv_ch is None:
-                raise ValueError('Pass one of final_conv_mult or final_conv_ch.')
-            final_ch = final_conv_ch
-        else:
-            final_ch = int(final_conv_mult * ch)
-        self.final_conv = conv(final_ch, kernel_shape=1, name='final_conv')
-        self.fc = layers.Linear(
-            num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01))
+  def __init__(
+    self,
+    num_classes: int,
+    variant: str = 'F0',
+    width: float = 1.0,
+    se_ratio: float = 0.5,
+    alpha: float = 0.2,
+    stochdepth_rate: float = 0.1,
+    drop_rate: float | None = None,
+    activation: str = 'gelu',
+    fc_init: hk.initializers.Initializer | None = None,
+    final_conv_mult: float | None = 2,
+    final_conv_ch: int | None = None,
+    use_two_convs: bool = True,
+    group_size: int = 128,
+    grouped_conv_impl: str | None = None,
+    name: str = 'NFNet',
+  ):
+    super().__init__(name=name)
+    if variant not in VARIANTS:
+      raise ValueError(
+        f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
+      )
+    if not isinstance(num_classes, int) or num_classes < 1:
+      raise ValueError(
+        f'num_classes must be a positive int, got {num_classes!r}.'
+      )
+    params = VARIANTS[variant]
+    self.num_classes = num_classes
+    self.variant = variant
+    self.train_imsize = params['train_imsize']
+    self.test_imsize = params['test_imsize']
+    self.activation = activations.get_activation(activation)
+    self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
+    if not 0.0 <= self.drop_rate < 1.0:
+      raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
+    conv = lambda *a, **k: layers.WSConv2D(
+      *a, grouped_conv_impl=grouped_conv_impl, **k
+    )
+    ch = int(params['width'][0] * width) // 2
+    self.stem = [
+      conv(16, kernel_shape=3, stride=2, name='stem_conv0'),
+      conv(32, kernel_shape=3, stride=1, name='stem_conv1'),
+      conv(64, kernel_shape=3, stride=1, name='stem_conv2'),
+      conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
+    ]
+    self.blocks = []
+    expected_std = 1.0
+    num_blocks = sum(params['depth'])
+    index = 0
+    for block_width, stage_depth, stride in zip(
+      params['width'], params['depth'], _STRIDES
+    ):
+      for block_index in range(stage_depth):
+        out_ch = int(block_width * width)
+        self.blocks.append(
+          NFBlock(
+            ch,
+            out_ch,
+            expansion=0.5,
+            se_ratio=se_ratio,
+            group_size=group_size,
+            stride=stride if block_index == 0 else 1,
+            beta=1.0 / expected_std,
+            alpha=alpha,
+            activation=self.activation,
+            use_two_convs=use_two_convs,
+            stochdepth_rate=stochdepth_rate * index / num_blocks,
+            grouped_conv_impl=grouped_conv_impl,
+          )
+        )
+        ch = out_ch
+        index += 1
+        # A transition block resets the expected std, then every block grows it.
+        if block_index == 0:
+          expected_std = 1.0
+        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    if final_conv_mult is None:
+      if final_conv_ch is None:
+        raise ValueError('Pass one of final_conv_mult or final_conv_ch.')
+      final_ch = final_conv_ch
+    else:
+      final_ch = int(final_conv_mult * ch)
+    self.final_conv = conv(final_ch, kernel_shape=1, name='final_conv')
+    self.fc = layers.Linear(
+      num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01)
+    )
 
-    def __call__(self, x: jax.Array, is_training: bool,
-                 return_metrics: bool = False) -> dict[str, jax.Array]:
-        """Runs the network on NHWC images ``x`` of shape ``[N, H, W, 3]``.
+  def __call__(
+    self, x: jax.Array, is_training: bool, return_metrics: bool = False
+  ) -> dict[str, jax.Array]:
+    """Runs the network on NHWC images ``x`` of shape ``[N, H, W, 3]``.
 
-        Returns 'logits' (float32), 'pool' (pre-classifier features) and, with
-        ``return_metrics``, per-block signal statistics ``avg_sq_mean_i``, ``avg_var_i``
-        (i = 0 for the stem output) and ``res_avg_var_i``.
-        """
-        check_images(x, TOTAL_STRIDE)
-        outputs = {}
-        out = x
-        for i, conv in enumerate(self.stem):
-            out = conv(out)
-            if i < len(self.stem) - 1:
-                out = self.activation(out)
-        out = layers.run_blocks(self.blocks, out, is_training, return_metrics, outputs)
-        out = self.activation(self.final_conv(out))
-        return layers.classifier_head(out, self.fc, self.drop_rate, is_training, outputs)
+    Returns 'logits' (float32), 'pool' (pre-classifier features) and, with
+    ``return_metrics``, per-block signal statistics ``avg_sq_mean_i``, ``avg_var_i``
+    (i = 0 for the stem output) and ``res_avg_var_i``.
+    """
+    check_images(x, TOTAL_STRIDE)
+    outputs = {}
+    out = x
+    for i, conv in enumerate(self.stem):
+      out = conv(out)
+      if i < len(self.stem) - 1:
+        out = self.activation(out)
+    out = layers.run_blocks(
+      self.blocks, out, is_training, return_metrics, outputs
+    )
+    out = self.activation(self.final_conv(out))
+    return layers.classifier_head(
+      out, self.fc, self.drop_rate, is_training, outputs
+    )
 
-    def count_macs(self, h: float, w: float) -> float:
-        """Multiply-adds of one image at ``h x w``, counted as the official ``count_flops``."""
-        macs, ch = 0.0, 3
-        for conv in self.stem:
-            macs += conv.count_macs(ch, h, w)
-            h, w = h / conv.stride[0], w / conv.stride[1]
-            ch = conv.output_channels
-        for block in self.blocks:
-            macs += block.count_macs(h, w)
-            h, w = h / block.stride, w / block.stride
-        macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
-        macs += self.final_conv.output_channels * self.num_classes
-        return macs
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds of one image at ``h x w``, counted as the official ``count_flops``."""
+    macs, ch = 0.0, 3
+    for conv in self.stem:
+      macs += conv.count_macs(ch, h, w)
+      h, w = h / conv.stride[0], w / conv.stride[1]
+      ch = conv.output_channels
+    for block in self.blocks:
+      macs += block.count_macs(h, w)
+      h, w = h / block.stride, w / block.stride
+    macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
+    macs += self.final_conv.output_channels * self.num_classes
+    return macs
 
 
 def check_images(x: jax.Array, total_stride: int, channels: int = 3) -> None:
-    """Raises a ValueError naming the problem when ``x`` is not a valid NHWC image batch."""
-    if x.ndim != 4:
-        raise ValueError(f'Expected NHWC images of rank 4, got shape {tuple(x.shape)}.')
-    if x.shape[-1] != channels:
-        raise ValueError(f'Expected NHWC images with {channels} channels (last axis), got shape '
-                         f'{tuple(x.shape)}; transpose NCHW inputs to NHWC.')
-    if min(x.shape[1], x.shape[2]) < total_stride:
-        raise ValueError(f'Images of {x.shape[1]}x{x.shape[2]} are smaller than the network\'s '
-                         f'total stride {total_stride}; use at least {total_stride}x'
-                         f'{total_stride}.')
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f'Expected floating-point images, got dtype {x.dtype}.')
+  """Raises a ValueError naming the problem when ``x`` is not a valid NHWC image batch."""
+  if x.ndim != 4:
+    raise ValueError(
+      f'Expected NHWC images of rank 4, got shape {tuple(x.shape)}.'
+    )
+  if x.shape[-1] != channels:
+    raise ValueError(
+      f'Expected NHWC images with {channels} channels (last axis), got shape '
+      f'{tuple(x.shape)}; transpose NCHW inputs to NHWC.'
+    )
+  if min(x.shape[1], x.shape[2]) < total_stride:
+    raise ValueError(
+      f"Images of {x.shape[1]}x{x.shape[2]} are smaller than the network's "
+      f'total stride {total_stride}; use at least {total_stride}x'
+      f'{total_stride}.'
+    )
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f'Expected floating-point images, got dtype {x.dtype}.')
 
 
 def _nfnet(num_classes: int, **kwargs) -> NFNet:
-    return NFNet(num_classes=num_classes, **kwargs)
+  return NFNet(num_classes=num_classes, **kwargs)
 
 
 def _variant_info(kwargs: dict) -> dict:
-    """Recipe facts for a variant: resolutions, RandAugment level and dropout."""
-    variant = kwargs.get('variant', 'F0')
-    if variant not in VARIANTS:
-        raise ValueError(f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.')
-    params = VARIANTS[variant]
-    drop_rate = kwargs.get('drop_rate')
-    return dict(train_imsize=params['train_imsize'], test_imsize=params['test_imsize'],
-                RA_level=params['RA_level'],
-                drop_rate=params['drop_rate'] if drop_rate is None else drop_rate)
+  """Recipe facts for a variant: resolutions, RandAugment level and dropout."""
+  variant = kwargs.get('variant', 'F0')
+  if variant not in VARIANTS:
+    raise ValueError(
+      f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
+    )
+  params = VARIANTS[variant]
+  drop_rate = kwargs.get('drop_rate')
+  return dict(
+    train_imsize=params['train_imsize'],
+    test_imsize=params['test_imsize'],
+    RA_level=params['RA_level'],
+    drop_rate=params['drop_rate'] if drop_rate is None else drop_rate,
+  )
 
 
 _nfnet.variant_info = _variant_info
 
 for _variant in VARIANTS:
-    _reg_name = 'nfnet_' + _variant.lower().replace('+', '_plus')
-    # stochdepth 0.25 is the paper's training recipe (the class default is the official 0.1).
-    registry.register(_reg_name, _nfnet, variant=_variant, stochdepth_rate=0.25)
+  _reg_name = 'nfnet_' + _variant.lower().replace('+', '_plus')
+  # stochdepth 0.25 is the paper's training recipe (the class default is the official 0.1).
+  registry.register(_reg_name, _nfnet, variant=_variant, stochdepth_rate=0.25)

@@ -20,66 +20,94 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # "nfnet_f0 train batch 8 at 192px:    3.546 img/s, ..." and "timm train batch 8 at 192px: ..."
-_THROUGHPUT = re.compile(r'\b(train|eval) +batch \d+ at \d+px: +([0-9.]+) img/s')
+_THROUGHPUT = re.compile(
+  r'\b(train|eval) +batch \d+ at \d+px: +([0-9.]+) img/s'
+)
 
 
 def throughputs(output: str) -> dict[str, float]:
-    """``{'train': img/s, 'eval': img/s}`` from either benchmark's output (first line of each)."""
-    found = {}
-    for kind, value in _THROUGHPUT.findall(output):
-        found.setdefault(kind, float(value))
-    return found
+  """``{'train': img/s, 'eval': img/s}`` from either benchmark's output (first line of each)."""
+  found = {}
+  for kind, value in _THROUGHPUT.findall(output):
+    found.setdefault(kind, float(value))
+  return found
 
 
 def ratios(ours: dict[str, float], peer: dict[str, float]) -> dict[str, float]:
-    """Our throughput over the peer's, for each kind both measured."""
-    return {kind: ours[kind] / peer[kind] for kind in ours if kind in peer}
+  """Our throughput over the peer's, for each kind both measured."""
+  return {kind: ours[kind] / peer[kind] for kind in ours if kind in peer}
 
 
 def _run(command: list[str]) -> str:
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f'{" ".join(command)} failed ({result.returncode}):\n'
-                         f'{result.stderr[-3000:]}')
-    return result.stdout + result.stderr
+  result = subprocess.run(
+    command, cwd=ROOT, capture_output=True, text=True, check=False
+  )
+  if result.returncode != 0:
+    raise SystemExit(
+      f'{" ".join(command)} failed ({result.returncode}):\n'
+      f'{result.stderr[-3000:]}'
+    )
+  return result.stdout + result.stderr
 
 
 def _parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--torch_python', required=True,
-                        help='Python of an environment with torch and timm.')
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--batch_size', type=int, default=8)
-    return parser.parse_args()
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+    '--torch_python',
+    required=True,
+    help='Python of an environment with torch and timm.',
+  )
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--batch_size', type=int, default=8)
+  return parser.parse_args()
 
 
 def main() -> None:
-    args = _parse()
-    if args.rounds < 1:
-        raise SystemExit('--rounds must be at least 1.')
-    if not pathlib.Path(args.torch_python).exists():
-        raise SystemExit(f'--torch_python {args.torch_python} does not exist; see '
-                         'scripts/benchmark_timm.py for how to make that environment.')
-    common = [f'--steps={args.steps}', f'--repeats={args.repeats}',
-              f'--batch_size={args.batch_size}']
-    timm_command = [args.torch_python, 'scripts/benchmark_timm.py', *common]
-    ours_command = [sys.executable, '-m', 'experiments.benchmark', '--model=nfnet_f0',
-                    '--compare_bn=false', *common]
-    per_round = []
-    for index in range(1, args.rounds + 1):
-        peer = throughputs(_run(timm_command))
-        ours = throughputs(_run(ours_command))
-        per_round.append(ratios(ours, peer))
-        print(f'round {index}: ' + '; '.join(
-            f'{kind} ours {ours[kind]:.2f} / timm {peer[kind]:.2f} img/s = '
-            f'{per_round[-1][kind]:.2f}x' for kind in per_round[-1]), flush=True)
-    for kind in per_round[0]:
-        values = [r[kind] for r in per_round]
-        print(f'{kind}: median ratio {statistics.median(values):.2f}x over {len(values)} '
-              f'rounds ({", ".join(f"{v:.2f}" for v in values)})')
+  args = _parse()
+  if args.rounds < 1:
+    raise SystemExit('--rounds must be at least 1.')
+  if not pathlib.Path(args.torch_python).exists():
+    raise SystemExit(
+      f'--torch_python {args.torch_python} does not exist; see '
+      'scripts/benchmark_timm.py for how to make that environment.'
+    )
+  common = [
+    f'--steps={args.steps}',
+    f'--repeats={args.repeats}',
+    f'--batch_size={args.batch_size}',
+  ]
+  timm_command = [args.torch_python, 'scripts/benchmark_timm.py', *common]
+  ours_command = [
+    sys.executable,
+    '-m',
+    'experiments.benchmark',
+    '--model=nfnet_f0',
+    '--compare_bn=false',
+    *common,
+  ]
+  per_round = []
+  for index in range(1, args.rounds + 1):
+    peer = throughputs(_run(timm_command))
+    ours = throughputs(_run(ours_command))
+    per_round.append(ratios(ours, peer))
+    print(
+      f'round {index}: '
+      + '; '.join(
+        f'{kind} ours {ours[kind]:.2f} / timm {peer[kind]:.2f} img/s = '
+        f'{per_round[-1][kind]:.2f}x'
+        for kind in per_round[-1]
+      ),
+      flush=True,
+    )
+  for kind in per_round[0]:
+    values = [r[kind] for r in per_round]
+    print(
+      f'{kind}: median ratio {statistics.median(values):.2f}x over {len(values)} '
+      f'rounds ({", ".join(f"{v:.2f}" for v in values)})'
+    )
 
 
 if __name__ == '__main__':
-    main()
+  main()

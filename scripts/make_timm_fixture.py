@@ -41,134 +41,182 @@ import sys
 
 import numpy as np
 
-FIXTURE = os.path.join(os.path.dirname(__file__), '..', 'tests', 'fixtures',
-                       'timm_nfnet_tiny.npz')
+FIXTURE = os.path.join(
+  os.path.dirname(__file__), '..', 'tests', 'fixtures', 'timm_nfnet_tiny.npz'
+)
 TINY = dict(width=0.0625, group_size=8, num_classes=10, image_size=64, batch=2)
 GELU_GAMMA = 1.7015043497085571
 STD_CONV_EPS = 1e-12  # batch_norm needs eps > 0; see the module docstring.
 
 
 def _randomize(model, seed: int) -> dict:
-    """Random values for every timm parameter; returns the state dict as NumPy arrays."""
-    import torch
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for name, t in model.state_dict().items():
-        shape = tuple(t.shape)
-        if name.endswith('skipinit_gain'):
-            v = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith('.gain'):
-            v = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith('.bias'):
-            v = rng.normal(0.0, 0.2, shape)
-        elif 'attn_last' in name or name.startswith('head.'):
-            v = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[1:])), shape)
-        else:  # WS conv weights: standardized anyway, any scale works.
-            v = rng.normal(0.0, 1.0, shape)
-        sd[name] = np.asarray(v, np.float32)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
-    return sd
+  """Random values for every timm parameter; returns the state dict as NumPy arrays."""
+  import torch
+
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for name, t in model.state_dict().items():
+    shape = tuple(t.shape)
+    if name.endswith('skipinit_gain'):
+      v = rng.uniform(0.5, 1.5, shape)
+    elif name.endswith('.gain'):
+      v = rng.uniform(0.5, 1.5, shape)
+    elif name.endswith('.bias'):
+      v = rng.normal(0.0, 0.2, shape)
+    elif 'attn_last' in name or name.startswith('head.'):
+      v = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[1:])), shape)
+    else:  # WS conv weights: standardized anyway, any scale works.
+      v = rng.normal(0.0, 1.0, shape)
+    sd[name] = np.asarray(v, np.float32)
+  model.load_state_dict(
+    {k: torch.from_numpy(v) for k, v in sd.items()}, strict=True
+  )
+  return sd
 
 
 def _timm_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
-    import torch
-    model.eval()
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
-        return model(x).numpy().astype(np.float32)
+  import torch
+
+  model.eval()
+  with torch.no_grad():
+    x = torch.from_numpy(
+      np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
+    )
+    return model(x).numpy().astype(np.float32)
 
 
 def _dm_cfg(nfnet, **changes):
-    """timm's dm_nfnet_f0 NfCfg with the official conv eps and GELU form, plus ``changes``."""
-    nfnet._nonlin_gamma.setdefault('gelu_tanh', GELU_GAMMA)
-    return dataclasses.replace(nfnet.model_cfgs['dm_nfnet_f0'], std_conv_eps=STD_CONV_EPS,
-                               act_layer='gelu_tanh', **changes)
+  """timm's dm_nfnet_f0 NfCfg with the official conv eps and GELU form, plus ``changes``."""
+  nfnet._nonlin_gamma.setdefault('gelu_tanh', GELU_GAMMA)
+  return dataclasses.replace(
+    nfnet.model_cfgs['dm_nfnet_f0'],
+    std_conv_eps=STD_CONV_EPS,
+    act_layer='gelu_tanh',
+    **changes,
+  )
 
 
 def make(args) -> None:
-    from functools import partial
+  from functools import partial
 
-    import timm
-    import torch
-    from timm.layers import ScaledStdConv2dSame
-    from timm.models import nfnet
-    torch.manual_seed(0)
-    w = TINY['width']
-    channels = tuple(int(c * w) for c in (256, 512, 1536, 1536))
-    cfg = _dm_cfg(nfnet, channels=channels, group_size=TINY['group_size'],
-                  stem_chs=channels[0] // 2, num_features=2 * channels[-1])
-    model = nfnet.NormFreeNet(cfg, num_classes=TINY['num_classes'])
-    conv = partial(ScaledStdConv2dSame, eps=STD_CONV_EPS)
-    # Our stem's first three convs are fixed at 16/32/64 channels (see the module docstring).
-    model.stem.conv1 = conv(3, 16, kernel_size=3, stride=2)
-    model.stem.conv2 = conv(16, 32, kernel_size=3, stride=1)
-    model.stem.conv3 = conv(32, 64, kernel_size=3, stride=1)
-    model.stem.conv4 = conv(64, channels[0] // 2, kernel_size=3, stride=2)
-    sd = _randomize(model, seed=0)
-    rng = np.random.default_rng(1)
-    size = TINY['image_size']
-    images = rng.normal(0.0, 1.0, (TINY['batch'], size, size, 3)).astype(np.float32)
-    logits = _timm_logits(model, images)
-    out = {f'sd/{k}': v for k, v in sd.items()}
-    out.update(images=images, logits=logits,
-               versions=np.array([f'torch {torch.__version__}', f'timm {timm.__version__}']))
-    np.savez_compressed(args.out, **out)
-    print(f'wrote {args.out}: {len(sd)} tensors, {sum(v.size for v in sd.values())} params, '
-          f'{os.path.getsize(args.out) / 1e6:.2f} MB; logits[0,:4]={logits[0, :4]}')
-    if args.full_f0_out:
-        _make_full_f0(args.full_f0_out, nfnet)
+  import timm
+  import torch
+  from timm.layers import ScaledStdConv2dSame
+  from timm.models import nfnet
+
+  torch.manual_seed(0)
+  w = TINY['width']
+  channels = tuple(int(c * w) for c in (256, 512, 1536, 1536))
+  cfg = _dm_cfg(
+    nfnet,
+    channels=channels,
+    group_size=TINY['group_size'],
+    stem_chs=channels[0] // 2,
+    num_features=2 * channels[-1],
+  )
+  model = nfnet.NormFreeNet(cfg, num_classes=TINY['num_classes'])
+  conv = partial(ScaledStdConv2dSame, eps=STD_CONV_EPS)
+  # Our stem's first three convs are fixed at 16/32/64 channels (see the module docstring).
+  model.stem.conv1 = conv(3, 16, kernel_size=3, stride=2)
+  model.stem.conv2 = conv(16, 32, kernel_size=3, stride=1)
+  model.stem.conv3 = conv(32, 64, kernel_size=3, stride=1)
+  model.stem.conv4 = conv(64, channels[0] // 2, kernel_size=3, stride=2)
+  sd = _randomize(model, seed=0)
+  rng = np.random.default_rng(1)
+  size = TINY['image_size']
+  images = rng.normal(0.0, 1.0, (TINY['batch'], size, size, 3)).astype(
+    np.float32
+  )
+  logits = _timm_logits(model, images)
+  out = {f'sd/{k}': v for k, v in sd.items()}
+  out.update(
+    images=images,
+    logits=logits,
+    versions=np.array(
+      [f'torch {torch.__version__}', f'timm {timm.__version__}']
+    ),
+  )
+  np.savez_compressed(args.out, **out)
+  print(
+    f'wrote {args.out}: {len(sd)} tensors, {sum(v.size for v in sd.values())} params, '
+    f'{os.path.getsize(args.out) / 1e6:.2f} MB; logits[0,:4]={logits[0, :4]}'
+  )
+  if args.full_f0_out:
+    _make_full_f0(args.full_f0_out, nfnet)
 
 
 def _make_full_f0(path: str, nfnet) -> None:
-    """Full-size dm_nfnet_f0, random weights, 256 px: timm as shipped and timm made equal."""
-    import timm
-    shipped = timm.create_model('dm_nfnet_f0', pretrained=False)
-    sd = _randomize(shipped, seed=2)
-    images = np.random.default_rng(3).normal(0, 1, (2, 256, 256, 3)).astype(np.float32)
-    logits_shipped = _timm_logits(shipped, images)
-    equal = nfnet.NormFreeNet(_dm_cfg(nfnet))
-    equal.load_state_dict(shipped.state_dict(), strict=True)
-    logits_equal = _timm_logits(equal, images)
-    np.savez(path, images=images, logits_shipped=logits_shipped, logits_equal=logits_equal,
-             **{f'sd/{k}': v for k, v in sd.items()})
-    print(f'wrote {path}')
+  """Full-size dm_nfnet_f0, random weights, 256 px: timm as shipped and timm made equal."""
+  import timm
+
+  shipped = timm.create_model('dm_nfnet_f0', pretrained=False)
+  sd = _randomize(shipped, seed=2)
+  images = (
+    np.random.default_rng(3).normal(0, 1, (2, 256, 256, 3)).astype(np.float32)
+  )
+  logits_shipped = _timm_logits(shipped, images)
+  equal = nfnet.NormFreeNet(_dm_cfg(nfnet))
+  equal.load_state_dict(shipped.state_dict(), strict=True)
+  logits_equal = _timm_logits(equal, images)
+  np.savez(
+    path,
+    images=images,
+    logits_shipped=logits_shipped,
+    logits_equal=logits_equal,
+    **{f'sd/{k}': v for k, v in sd.items()},
+  )
+  print(f'wrote {path}')
 
 
 def compare(args) -> None:
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-    import jax
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+  import jax
 
-    import nfnets
-    from nfnets import weights
-    for path in [args.out] + ([args.full_f0_out] if args.full_f0_out else []):
-        with np.load(path, allow_pickle=False) as data:
-            sd = {k[3:]: data[k] for k in data.files if k.startswith('sd/')}
-            ref = {k: data[k] for k in data.files if k.startswith('logits')}
-            images = data['images']
-        params = weights.from_timm(sd)
-        if path == args.out:
-            model = nfnets.create_model('nfnet_f0', num_classes=TINY['num_classes'],
-                                        width=TINY['width'], group_size=TINY['group_size'])
-        else:
-            model = nfnets.create_model('nfnet_f0')
-        weights.check_params(params, model.param_shapes(images.shape[1]), source=path)
-        out, _ = model.apply(params, {}, jax.random.PRNGKey(0), images, is_training=False)
-        ours = np.asarray(out['logits'])
-        for name, logits in ref.items():
-            diff = np.abs(ours - logits).max()
-            print(f'{os.path.basename(path)} {name}: max|ours - timm| = {diff:.3e}, '
-                  f'relative to max|timm| = {diff / np.abs(logits).max():.3e}')
+  import nfnets
+  from nfnets import weights
+
+  for path in [args.out] + ([args.full_f0_out] if args.full_f0_out else []):
+    with np.load(path, allow_pickle=False) as data:
+      sd = {k[3:]: data[k] for k in data.files if k.startswith('sd/')}
+      ref = {k: data[k] for k in data.files if k.startswith('logits')}
+      images = data['images']
+    params = weights.from_timm(sd)
+    if path == args.out:
+      model = nfnets.create_model(
+        'nfnet_f0',
+        num_classes=TINY['num_classes'],
+        width=TINY['width'],
+        group_size=TINY['group_size'],
+      )
+    else:
+      model = nfnets.create_model('nfnet_f0')
+    weights.check_params(
+      params, model.param_shapes(images.shape[1]), source=path
+    )
+    out, _ = model.apply(
+      params, {}, jax.random.PRNGKey(0), images, is_training=False
+    )
+    ours = np.asarray(out['logits'])
+    for name, logits in ref.items():
+      diff = np.abs(ours - logits).max()
+      print(
+        f'{os.path.basename(path)} {name}: max|ours - timm| = {diff:.3e}, '
+        f'relative to max|timm| = {diff / np.abs(logits).max():.3e}'
+      )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('mode', choices=('make', 'compare'))
-    parser.add_argument('--out', default=FIXTURE)
-    parser.add_argument('--full_f0_out', default=None,
-                        help='also write/compare full dm_nfnet_f0 (about 290 MB; not a fixture)')
-    args = parser.parse_args()
-    make(args) if args.mode == 'make' else compare(args)
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('mode', choices=('make', 'compare'))
+  parser.add_argument('--out', default=FIXTURE)
+  parser.add_argument(
+    '--full_f0_out',
+    default=None,
+    help='also write/compare full dm_nfnet_f0 (about 290 MB; not a fixture)',
+  )
+  args = parser.parse_args()
+  make(args) if args.mode == 'make' else compare(args)
 
 
 if __name__ == '__main__':
-    main()
+  main()

@@ -33,11 +33,16 @@ def _mock_jpegs(n, seed):
   out = []
   for _ in range(n):
     h, w = rng.randint(20, 60, size=2)
-    out.append(tf.io.encode_jpeg(rng.randint(0, 256, (h, w, 3)).astype(np.uint8)).numpy())
+    out.append(
+      tf.io.encode_jpeg(rng.randint(0, 256, (h, w, 3)).astype(np.uint8)).numpy()
+    )
   return out
 
 
-_JPEGS = {'train': _mock_jpegs(MOCK_TRAIN, 0), 'validation': _mock_jpegs(MOCK_VALIDATION, 1)}
+_JPEGS = {
+  'train': _mock_jpegs(MOCK_TRAIN, 0),
+  'validation': _mock_jpegs(MOCK_VALIDATION, 1),
+}
 
 
 def _mock_as_dataset(self, split, corrupt=False, **kwargs):
@@ -48,15 +53,22 @@ def _mock_as_dataset(self, split, corrupt=False, **kwargs):
   images = list(_JPEGS[name])
   if corrupt:
     images[CORRUPT] = images[CORRUPT][:200]  # Truncated JPEG: fails to decode.
-  return tf.data.Dataset.from_tensor_slices({
-      'image': images[lo:hi], 'label': np.arange(lo, hi, dtype=np.int64),
-      'file_name': [f'{name}_{i}' for i in range(lo, hi)]})
+  return tf.data.Dataset.from_tensor_slices(
+    {
+      'image': images[lo:hi],
+      'label': np.arange(lo, hi, dtype=np.int64),
+      'file_name': [f'{name}_{i}' for i in range(lo, hi)],
+    }
+  )
 
 
 @pytest.fixture
 def mock_imagenet(monkeypatch):
-  monkeypatch.setattr(imagenet, 'SPLIT_SIZES', {'train': MOCK_TRAIN,
-                                                'validation': MOCK_VALIDATION})
+  monkeypatch.setattr(
+    imagenet,
+    'SPLIT_SIZES',
+    {'train': MOCK_TRAIN, 'validation': MOCK_VALIDATION},
+  )
   monkeypatch.setattr(imagenet, 'HOLDOUT', MOCK_HOLDOUT)
   monkeypatch.setattr(imagenet, 'check_prepared', lambda *a: None)
   with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset):
@@ -67,9 +79,18 @@ def _eval_labels(dataset, split, data_dir, process_count, batch_dims=(2, 3)):
   """Labels of the masked-in eval examples of every process, with the batch counts."""
   labels, counts = [], []
   for p in range(process_count):
-    batches = list(pipeline.build_input(
-        dataset, split, is_training=False, batch_dims=batch_dims, image_size=16,
-        data_dir=data_dir, process_index=p, process_count=process_count))
+    batches = list(
+      pipeline.build_input(
+        dataset,
+        split,
+        is_training=False,
+        batch_dims=batch_dims,
+        image_size=16,
+        data_dir=data_dir,
+        process_index=p,
+        process_count=process_count,
+      )
+    )
     counts.append(len(batches))
     for b in batches:
       assert b['mask'].shape == tuple(batch_dims) and b['mask'].dtype == bool
@@ -78,12 +99,18 @@ def _eval_labels(dataset, split, data_dir, process_count, batch_dims=(2, 3)):
 
 
 @pytest.mark.parametrize('process_count', [1, 2, 3])
-def test_mock_imagenet_eval_shards_cover_each_example_once(mock_imagenet, process_count):
+def test_mock_imagenet_eval_shards_cover_each_example_once(
+  mock_imagenet, process_count
+):
   # Labels are the example indices, so a sorted list proves: none missing, none twice.
   labels, counts = _eval_labels('imagenet2012', 'test', None, process_count)
   assert sorted(labels) == list(range(MOCK_VALIDATION))
-  assert len(set(counts)) == 1  # Every process yields the same number of batches.
-  labels, _ = _eval_labels('imagenet2012', 'valid', None, process_count, batch_dims=(4,))
+  assert (
+    len(set(counts)) == 1
+  )  # Every process yields the same number of batches.
+  labels, _ = _eval_labels(
+    'imagenet2012', 'valid', None, process_count, batch_dims=(4,)
+  )
   assert sorted(labels) == list(range(MOCK_HOLDOUT))
 
 
@@ -91,10 +118,21 @@ def test_mock_imagenet_eval_shards_cover_each_example_once(mock_imagenet, proces
 def test_mock_imagenet_train_epoch_covers_shards(mock_imagenet, process_count):
   seen = []
   for p in range(process_count):
-    raw, n_local, _ = pipeline._read_shard(pipeline.SOURCES['imagenet2012'],
-                                           'train_minus_valid', None, p, process_count)
-    recs = pipeline.train_records(raw, n_local, seed=0, process_index=p, start_position=0,
-                                  shuffle_buffer=1000)
+    raw, n_local, _ = pipeline._read_shard(
+      pipeline.SOURCES['imagenet2012'],
+      'train_minus_valid',
+      None,
+      p,
+      process_count,
+    )
+    recs = pipeline.train_records(
+      raw,
+      n_local,
+      seed=0,
+      process_index=p,
+      start_position=0,
+      shuffle_buffer=1000,
+    )
     positions, labels = [], []
     for pos, (_, label) in recs.take(2 * n_local):
       positions.append(int(pos))
@@ -108,9 +146,15 @@ def test_mock_imagenet_train_epoch_covers_shards(mock_imagenet, process_count):
 
 
 def test_mock_imagenet_train_batches(mock_imagenet):
-  it = pipeline.build_input('imagenet2012', 'train', is_training=True, batch_dims=[2, 4],
-                            image_size=24, augment='cutmix_mixup_randaugment_105',
-                            dtype=tf.bfloat16.as_numpy_dtype)
+  it = pipeline.build_input(
+    'imagenet2012',
+    'train',
+    is_training=True,
+    batch_dims=[2, 4],
+    image_size=24,
+    augment='cutmix_mixup_randaugment_105',
+    dtype=tf.bfloat16.as_numpy_dtype,
+  )
   b = next(it)
   assert set(b) == {'images', 'labels', 'mix_labels', 'ratio'}
   assert b['images'].shape == (2, 4, 24, 24, 3)
@@ -123,22 +167,44 @@ def test_mock_imagenet_train_batches(mock_imagenet):
 
 def test_mock_imagenet_eval_preprocs(mock_imagenet):
   for eval_preproc in ('resize_crop_32', 'crop_resize'):
-    b = next(pipeline.build_input('imagenet2012', 'test', is_training=False, batch_dims=[5],
-                                  image_size=20, eval_preproc=eval_preproc))
-    assert b['images'].shape == (5, 20, 20, 3) and b['images'].dtype == np.float32
+    b = next(
+      pipeline.build_input(
+        'imagenet2012',
+        'test',
+        is_training=False,
+        batch_dims=[5],
+        image_size=20,
+        eval_preproc=eval_preproc,
+      )
+    )
+    assert (
+      b['images'].shape == (5, 20, 20, 3) and b['images'].dtype == np.float32
+    )
     assert np.all(b['images'] >= LO - 1e-5) and np.all(b['images'] <= HI + 1e-5)
   with pytest.raises(ValueError, match='eval_preproc'):
-    pipeline.build_input('imagenet2012', 'test', is_training=False, batch_dims=[5],
-                         image_size=20, eval_preproc='center')
+    pipeline.build_input(
+      'imagenet2012',
+      'test',
+      is_training=False,
+      batch_dims=[5],
+      image_size=20,
+      eval_preproc='center',
+    )
 
 
 def test_corrupt_jpeg_is_skipped_and_counted(monkeypatch):
-  monkeypatch.setattr(imagenet, 'SPLIT_SIZES', {'train': MOCK_TRAIN,
-                                                'validation': MOCK_VALIDATION})
+  monkeypatch.setattr(
+    imagenet,
+    'SPLIT_SIZES',
+    {'train': MOCK_TRAIN, 'validation': MOCK_VALIDATION},
+  )
   monkeypatch.setattr(imagenet, 'check_prepared', lambda *a: None)
   before = pipeline.skipped_images()
   with tfds.testing.mock_data(
-      as_dataset_fn=lambda self, split, **kw: _mock_as_dataset(self, split, corrupt=True)):
+    as_dataset_fn=lambda self, split, **kw: _mock_as_dataset(
+      self, split, corrupt=True
+    )
+  ):
     labels, _ = _eval_labels('imagenet2012', 'test', None, 1)
   assert sorted(labels) == [i for i in range(MOCK_VALIDATION) if i != CORRUPT]
   assert pipeline.skipped_images() == before + 1
@@ -146,18 +212,32 @@ def test_corrupt_jpeg_is_skipped_and_counted(monkeypatch):
 
 def test_missing_imagenet_error_says_where_and_how(tmp_path):
   with pytest.raises(FileNotFoundError) as err:
-    pipeline.build_input('imagenet2012', 'train', is_training=True, batch_dims=[2],
-                         image_size=32, data_dir=str(tmp_path))
+    pipeline.build_input(
+      'imagenet2012',
+      'train',
+      is_training=True,
+      batch_dims=[2],
+      image_size=32,
+      data_dir=str(tmp_path),
+    )
   msg = str(err.value)
-  assert str(tmp_path) in msg and 'manual' in msg and 'ILSVRC2012_img_train.tar' in msg
+  assert (
+    str(tmp_path) in msg
+    and 'manual' in msg
+    and 'ILSVRC2012_img_train.tar' in msg
+  )
 
 
 # ---------------------------------------------------------------- embedded digits
 def test_embedded_splits_are_fixed_and_stratified(mnist_dir):
   builder = embedded_mnist.get_builder(mnist_dir)
   for split, per_class in (('train', 400), ('test', 100)):
-    labels = np.array([int(x['label']) for x in builder.as_dataset(split=split)])
-    np.testing.assert_array_equal(np.bincount(labels, minlength=10), [per_class] * 10)
+    labels = np.array(
+      [int(x['label']) for x in builder.as_dataset(split=split)]
+    )
+    np.testing.assert_array_equal(
+      np.bincount(labels, minlength=10), [per_class] * 10
+    )
   idx = embedded_mnist.stratified_indices()
   assert len(np.intersect1d(idx['train'], idx['test'])) == 0
   assert len(np.union1d(idx['train'], idx['test'])) == 5000
@@ -169,24 +249,46 @@ def test_embedded_splits_are_fixed_and_stratified(mnist_dir):
 
 @pytest.mark.parametrize('dtype', [np.float32, tf.bfloat16.as_numpy_dtype])
 def test_embedded_train_batch_shapes_dtypes_ranges(mnist_dir, dtype):
-  b = next(pipeline.build_input('embedded_mnist', 'train', is_training=True, batch_dims=[2, 8],
-                                image_size=32, data_dir=mnist_dir, dtype=dtype))
+  b = next(
+    pipeline.build_input(
+      'embedded_mnist',
+      'train',
+      is_training=True,
+      batch_dims=[2, 8],
+      image_size=32,
+      data_dir=mnist_dir,
+      dtype=dtype,
+    )
+  )
   assert set(b) == {'images', 'labels'}
-  assert b['images'].shape == (2, 8, 32, 32, 3) and b['images'].dtype == np.dtype(dtype)
+  assert b['images'].shape == (2, 8, 32, 32, 3) and b[
+    'images'
+  ].dtype == np.dtype(dtype)
   assert b['labels'].shape == (2, 8) and b['labels'].dtype == np.int32
   images = b['images'].astype(np.float32)
   tol = 0.02 if dtype != np.float32 else 1e-5
   assert np.all(images >= LO - tol) and np.all(images <= HI + tol)
   # Grey digits to RGB: the three channels hold the same pixel value before normalisation.
   pixels = images * STD + MEAN
-  np.testing.assert_allclose(pixels[..., 0], pixels[..., 1], atol=1.0 if tol > 1e-3 else 1e-3)
-  assert images.min() < LO.max() and images.max() > HI.min()  # Black background, white ink.
+  np.testing.assert_allclose(
+    pixels[..., 0], pixels[..., 1], atol=1.0 if tol > 1e-3 else 1e-3
+  )
+  assert (
+    images.min() < LO.max() and images.max() > HI.min()
+  )  # Black background, white ink.
   assert set(b['labels'].ravel()) <= set(range(10))
 
 
 def test_embedded_determinism_and_exact_resume(mnist_dir):
-  kw = dict(is_training=True, batch_dims=[1, 8], image_size=16, data_dir=mnist_dir,
-            augment='cutmix_mixup_randaugment_105', process_index=1, process_count=50)
+  kw = dict(
+    is_training=True,
+    batch_dims=[1, 8],
+    image_size=16,
+    data_dir=mnist_dir,
+    augment='cutmix_mixup_randaugment_105',
+    process_index=1,
+    process_count=50,
+  )
   # 50 processes: an 80-example shard, 16 examples per step, so 5 steps per epoch.
   fresh = pipeline.build_input('embedded_mnist', 'train', seed=3, **kw)
   fresh = [next(fresh) for _ in range(8)]
@@ -195,7 +297,11 @@ def test_embedded_determinism_and_exact_resume(mnist_dir):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   for k in (3, 7):  # Mid-epoch, and in the next epoch.
-    resumed = next(pipeline.build_input('embedded_mnist', 'train', seed=3, start_step=k, **kw))
+    resumed = next(
+      pipeline.build_input(
+        'embedded_mnist', 'train', seed=3, start_step=k, **kw
+      )
+    )
     for key in fresh[k]:
       np.testing.assert_array_equal(fresh[k][key], resumed[key])
   other = next(pipeline.build_input('embedded_mnist', 'train', seed=4, **kw))
@@ -204,8 +310,16 @@ def test_embedded_determinism_and_exact_resume(mnist_dir):
 
 @pytest.mark.parametrize('batch_dims', [(7,), (2, 64), (1000,), (3, 400)])
 def test_embedded_eval_padding_counts_every_example_once(mnist_dir, batch_dims):
-  batches = list(pipeline.build_input('embedded_mnist', 'test', is_training=False,
-                                      batch_dims=batch_dims, image_size=8, data_dir=mnist_dir))
+  batches = list(
+    pipeline.build_input(
+      'embedded_mnist',
+      'test',
+      is_training=False,
+      batch_dims=batch_dims,
+      image_size=8,
+      data_dir=mnist_dir,
+    )
+  )
   n = int(np.prod(batch_dims))
   assert len(batches) == -(-1000 // n)
   masks = np.concatenate([b['mask'].ravel() for b in batches])
@@ -218,9 +332,16 @@ def test_embedded_eval_padding_counts_every_example_once(mnist_dir, batch_dims):
 def test_embedded_shards_cover_each_example_once(mnist_dir, process_count):
   keys = []
   for p in range(process_count):
-    for b in pipeline.build_input('embedded_mnist', 'test', is_training=False, batch_dims=[128],
-                                  image_size=28, data_dir=mnist_dir, process_index=p,
-                                  process_count=process_count):
+    for b in pipeline.build_input(
+      'embedded_mnist',
+      'test',
+      is_training=False,
+      batch_dims=[128],
+      image_size=28,
+      data_dir=mnist_dir,
+      process_index=p,
+      process_count=process_count,
+    ):
       keys.extend(img.tobytes() for img in b['images'][b['mask']])
   assert len(keys) == 1000
   assert len(set(keys)) == len(keys) - _duplicates_in_test()
@@ -235,10 +356,21 @@ def _duplicates_in_test():
 def test_eval_image_matches_the_eval_pipeline(mnist_dir):
   builder = embedded_mnist.get_builder(mnist_dir)
   first = next(iter(builder.as_dataset(split='test[0:1]')))['image'].numpy()
-  batch = next(pipeline.build_input('embedded_mnist', 'test', is_training=False, batch_dims=[4],
-                                    image_size=32, data_dir=mnist_dir))
-  np.testing.assert_allclose(preprocess.eval_image(first[..., 0], 32, 'resize'),
-                             batch['images'][0], atol=1e-5)
+  batch = next(
+    pipeline.build_input(
+      'embedded_mnist',
+      'test',
+      is_training=False,
+      batch_dims=[4],
+      image_size=32,
+      data_dir=mnist_dir,
+    )
+  )
+  np.testing.assert_allclose(
+    preprocess.eval_image(first[..., 0], 32, 'resize'),
+    batch['images'][0],
+    atol=1e-5,
+  )
   photo = np.random.RandomState(0).randint(0, 256, (50, 70, 3)).astype(np.uint8)
   out = preprocess.eval_image(photo, 24)
   assert out.shape == (24, 24, 3) and out.dtype == np.float32
@@ -255,4 +387,6 @@ def test_bad_arguments_name_accepted_values(mnist_dir):
   with pytest.raises(ValueError, match='randaugment'):
     pipeline.build_input('embedded_mnist', 'train', augment='autoaugment', **kw)
   with pytest.raises(ValueError, match='process_index'):
-    pipeline.build_input('embedded_mnist', 'train', process_index=2, process_count=2, **kw)
+    pipeline.build_input(
+      'embedded_mnist', 'train', process_index=2, process_count=2, **kw
+    )

@@ -44,34 +44,43 @@ print('late:', host_memory.keep_step_buffers_mapped(True))
 
 
 def _fault_fraction(mode: str) -> tuple[str, float, str]:
-    """``(status, median of faults per call / buffer pages, status of a call once running)``.
+  """``(status, median of faults per call / buffer pages, status of a call once running)``.
 
-    The median, because one call in three once faulted a buffer's worth of pages on the CI
-    machine and never here (150 calls, some pinned to one busy core); the cause is outside
-    what this test checks. A broken setting faults the buffer in on every call.
-    """
-    out = subprocess.run([sys.executable, '-c', _SCRIPT, mode], cwd=ROOT, capture_output=True,
-                         text=True, check=True, env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin'})
-    lines = dict(line.split(': ', 1) for line in out.stdout.strip().splitlines()
-                 if line.startswith(('status: ', 'fractions: ', 'late: ')))
-    fractions = [float(v) for v in lines['fractions'].split()]
-    return lines['status'], statistics.median(fractions), lines['late']
+  The median, because one call in three once faulted a buffer's worth of pages on the CI
+  machine and never here (150 calls, some pinned to one busy core); the cause is outside
+  what this test checks. A broken setting faults the buffer in on every call.
+  """
+  out = subprocess.run(
+    [sys.executable, '-c', _SCRIPT, mode],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin'},
+  )
+  lines = dict(
+    line.split(': ', 1)
+    for line in out.stdout.strip().splitlines()
+    if line.startswith(('status: ', 'fractions: ', 'late: '))
+  )
+  fractions = [float(v) for v in lines['fractions'].split()]
+  return lines['status'], statistics.median(fractions), lines['late']
 
 
 def _transparent_huge_pages_always() -> bool:
-    path = pathlib.Path('/sys/kernel/mm/transparent_hugepage/enabled')
-    return path.exists() and '[always]' in path.read_text()
+  path = pathlib.Path('/sys/kernel/mm/transparent_hugepage/enabled')
+  return path.exists() and '[always]' in path.read_text()
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='glibc allocator behaviour')
 def test_step_buffer_is_not_faulted_in_again_once_kept_mapped():
-    status, kept, _ = _fault_fraction('keep')
-    assert 'CPU steps run inline' in status
-    assert kept < 0.05  # a few stray pages, not the buffer, on a typical call
-    status, default, late = _fault_fraction('default')
-    assert 'defaults' in status
-    # Once a backend runs, the dispatch setting can no longer apply, and the log says so.
-    assert 'had already started' in late
-    if not _transparent_huge_pages_always():
-        # The control: with JAX's and glibc's defaults every call faults the buffer in again.
-        assert default > 0.5
+  status, kept, _ = _fault_fraction('keep')
+  assert 'CPU steps run inline' in status
+  assert kept < 0.05  # a few stray pages, not the buffer, on a typical call
+  status, default, late = _fault_fraction('default')
+  assert 'defaults' in status
+  # Once a backend runs, the dispatch setting can no longer apply, and the log says so.
+  assert 'had already started' in late
+  if not _transparent_huge_pages_always():
+    # The control: with JAX's and glibc's defaults every call faults the buffer in again.
+    assert default > 0.5

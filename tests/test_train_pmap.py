@@ -15,7 +15,7 @@ import pytest
 from experiments import train_lib
 from tests import test_train_fixtures as fx
 
-_SCRIPT = textwrap.dedent('''
+_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from tests import test_train_fixtures as fx
     from experiments import experiment, train_lib
@@ -60,32 +60,40 @@ _SCRIPT = textwrap.dedent('''
     else:
         raise AssertionError('batch 3 on 2 devices was accepted')
     print('PMAP_OK')
-''')
+""")
 
 
 def test_two_devices_equal_one_device_with_same_global_batch():
-    out = subprocess.run([sys.executable, '-c', _SCRIPT], env=fx.subprocess_env(devices=2),
-                         capture_output=True, text=True, timeout=600)
-    assert 'PMAP_OK' in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
+  out = subprocess.run(
+    [sys.executable, '-c', _SCRIPT],
+    env=fx.subprocess_env(devices=2),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert 'PMAP_OK' in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
 
 
 def test_prefetch_to_device_reads_ahead_and_keeps_order():
-    pulled = []
+  pulled = []
 
-    def host_batches():
-        for i in range(5):
-            pulled.append(i)
-            yield {'images': np.full((1, 2, 3), i, np.float32), 'labels': np.array([[i, i]])}
+  def host_batches():
+    for i in range(5):
+      pulled.append(i)
+      yield {
+        'images': np.full((1, 2, 3), i, np.float32),
+        'labels': np.array([[i, i]]),
+      }
 
-    stream = train_lib.prefetch_to_device(host_batches(), size=2)
-    first = next(stream)
-    # Batch 0 is handed out only once batches 1 and 2 are on the device too.
-    assert pulled == [0, 1, 2]
-    got = [first] + list(stream)
-    assert [int(b['labels'][0, 0]) for b in got] == [0, 1, 2, 3, 4]
-    for i, batch in enumerate(got):
-        assert isinstance(batch['images'], jax.Array)
-        assert batch['images'].sharding.device_set == set(jax.local_devices())
-        np.testing.assert_array_equal(batch['images'], np.full((1, 2, 3), i))
-    with pytest.raises(ValueError, match='at least 1'):
-        next(train_lib.prefetch_to_device(host_batches(), size=0))
+  stream = train_lib.prefetch_to_device(host_batches(), size=2)
+  first = next(stream)
+  # Batch 0 is handed out only once batches 1 and 2 are on the device too.
+  assert pulled == [0, 1, 2]
+  got = [first] + list(stream)
+  assert [int(b['labels'][0, 0]) for b in got] == [0, 1, 2, 3, 4]
+  for i, batch in enumerate(got):
+    assert isinstance(batch['images'], jax.Array)
+    assert batch['images'].sharding.device_set == set(jax.local_devices())
+    np.testing.assert_array_equal(batch['images'], np.full((1, 2, 3), i))
+  with pytest.raises(ValueError, match='at least 1'):
+    next(train_lib.prefetch_to_device(host_batches(), size=0))

@@ -16,28 +16,30 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = common.base_config()
-    config.name = 'finetune'
-    config.model = f'nfnet_{(arg or "F0").lower()}'
-    config.model_kwargs = ml_collections.ConfigDict(dict(drop_rate=0.2, stochdepth_rate=0.1))
-    # Required (config.pretrained=PATH): the run refuses to start from random weights by accident.
-    config.require_pretrained = True
-    config.dataset = 'embedded_mnist'
-    config.train_split = 'train'
-    config.eval_split = 'test'
-    config.train_imsize = 64
-    config.eval_imsize = 64
-    config.augment = None
-    config.train_batch_size = 32
-    config.eval_batch_size = 100
-    config.num_epochs = 2.0
-    config.label_smoothing = 0.1
-    config.bfloat16 = False
-    config.optimizer.lr_per_256 = 0.05
-    config.optimizer.warmup_epochs = 0.1
-    config.optimizer.ema_decay = 0.99
-    config.log_every_steps = 10
-    config.eval_every_steps = 0
-    config.checkpoint_every_steps = 100
-    config.max_to_keep = 2
-    return config
+  config = common.base_config()
+  config.name = 'finetune'
+  config.model = f'nfnet_{(arg or "F0").lower()}'
+  config.model_kwargs = ml_collections.ConfigDict(
+    dict(drop_rate=0.2, stochdepth_rate=0.1)
+  )
+  # Required (config.pretrained=PATH): the run refuses to start from random weights by accident.
+  config.require_pretrained = True
+  config.dataset = 'embedded_mnist'
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.train_imsize = 64
+  config.eval_imsize = 64
+  config.augment = None
+  config.train_batch_size = 32
+  config.eval_batch_size = 100
+  config.num_epochs = 2.0
+  config.label_smoothing = 0.1
+  config.bfloat16 = False
+  config.optimizer.lr_per_256 = 0.05
+  config.optimizer.warmup_epochs = 0.1
+  config.optimizer.ema_decay = 0.99
+  config.log_every_steps = 10
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = 100
+  config.max_to_keep = 2
+  return config

@@ -14,31 +14,35 @@ VARIANTS = ('F0', 'F1', 'F2', 'F3', 'F4', 'F5', 'F6', 'F7')
 
 
 def canonical_variant(arg: str | None) -> str:
-    """'f1', 'F1', 'F1+', 'F1_plus', 'f1plus' -> 'F1' / 'F1+'."""
-    arg = (arg or 'F0').strip().upper().replace('_PLUS', '+').replace('PLUS', '+')
-    base = arg.rstrip('+')
-    if base not in VARIANTS or arg.count('+') > 1:
-        accepted = list(VARIANTS) + [v + '+' for v in VARIANTS]
-        raise ValueError(f'Unknown NFNet variant {arg!r}; accepted: {accepted}.')
-    return arg
+  """'f1', 'F1', 'F1+', 'F1_plus', 'f1plus' -> 'F1' / 'F1+'."""
+  arg = (arg or 'F0').strip().upper().replace('_PLUS', '+').replace('PLUS', '+')
+  base = arg.rstrip('+')
+  if base not in VARIANTS or arg.count('+') > 1:
+    accepted = list(VARIANTS) + [v + '+' for v in VARIANTS]
+    raise ValueError(f'Unknown NFNet variant {arg!r}; accepted: {accepted}.')
+  return arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The paper's recipe for one variant: batch 4096, 360 epochs, SGD-Nesterov + AGC 0.01."""
-    variant = canonical_variant(arg)
-    model_name = 'nfnet_' + variant.lower().replace('+', '_plus')
-    model = nfnets.create_model(model_name, num_classes=1000)
-    ra_level = model.extras['RA_level']  # official string: '405' = 4 layers, magnitude 5
-    config = common.base_config()
-    config.name = model_name
-    config.model = model_name
-    config.model_kwargs = ml_collections.ConfigDict(dict(
-        drop_rate=float(model.extras['drop_rate']),
-        stochdepth_rate=0.25,
-    ))
-    config.train_imsize = model.train_imsize
-    config.eval_imsize = model.test_imsize
-    # RandAugment 4 layers at the variant's magnitude, MixUp on half the batch, CutMix on the
-    # other half (official 'cutmix_mixup_randaugment_4XX').
-    config.augment = f'cutmix_mixup_randaugment_{ra_level}'
-    return config
+  """The paper's recipe for one variant: batch 4096, 360 epochs, SGD-Nesterov + AGC 0.01."""
+  variant = canonical_variant(arg)
+  model_name = 'nfnet_' + variant.lower().replace('+', '_plus')
+  model = nfnets.create_model(model_name, num_classes=1000)
+  ra_level = model.extras[
+    'RA_level'
+  ]  # official string: '405' = 4 layers, magnitude 5
+  config = common.base_config()
+  config.name = model_name
+  config.model = model_name
+  config.model_kwargs = ml_collections.ConfigDict(
+    dict(
+      drop_rate=float(model.extras['drop_rate']),
+      stochdepth_rate=0.25,
+    )
+  )
+  config.train_imsize = model.train_imsize
+  config.eval_imsize = model.test_imsize
+  # RandAugment 4 layers at the variant's magnitude, MixUp on half the batch, CutMix on the
+  # other half (official 'cutmix_mixup_randaugment_4XX').
+  config.augment = f'cutmix_mixup_randaugment_{ra_level}'
+  return config
