@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh        set up .venv and run the main job (demo training on the embedded data)
 # ./run.sh test   set up .venv and run the test suite (extra args go to pytest)
+# ./run.sh lint   set up .venv and check formatting and lint (ruff), as CI does
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,6 +22,10 @@ fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 case "${1:-}" in
+  lint)
+    "$VENV/bin/ruff" format --check .
+    exec "$VENV/bin/ruff" check .
+    ;;
   test)
     shift
     exec "$VENV/bin/python" -m pytest -q tests "$@"
