@@ -41,7 +41,7 @@ from absl import app, flags, logging
 
 import nfnets
 from experiments import host_memory
-from nfnets import counting, layers, optim
+from nfnets import counting, cpu_conv, layers, optim
 
 # Dense peak FLOP/s per device (no sparsity), by dtype, from the vendors' data sheets.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -552,7 +552,7 @@ _EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
 _GROUPED = flags.DEFINE_enum(
   'grouped_conv_impl',
   None,
-  list(layers.GROUPED_CONV_IMPLS),
+  list(cpu_conv.GROUPED_CONV_IMPLS),
   'Grouped-conv strategy (default: per backend).',
 )
 _WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
@@ -577,7 +577,7 @@ _CPU_PEAK = flags.DEFINE_float(
 def main(argv):
   del argv
   host_memory.apply_from_flags()
-  layers.set_grouped_conv_impl(_GROUPED.value)
+  cpu_conv.set_grouped_conv_impl(_GROUPED.value)
   device = jax.devices()[0]
   dtype_name = _DTYPE.value
   dtype = DTYPES[dtype_name]
@@ -588,11 +588,11 @@ def main(argv):
     device.device_kind,
     device.platform,
     jax.device_count(),
-    layers.default_grouped_conv_impl(),
+    cpu_conv.default_grouped_conv_impl(),
   )
   print(
     f'device {device.device_kind} ({device.platform}), dtype {dtype_name}, grouped conv '
-    f'{layers.default_grouped_conv_impl()}, peak '
+    f'{cpu_conv.default_grouped_conv_impl()}, peak '
     f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}'
   )
 

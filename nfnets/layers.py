@@ -1,4 +1,8 @@
-"""Building blocks shared by the NF model families.
+"""The Normalizer-Free layers the model families are built from.
+
+WSConv2D (scaled weight standardization), Linear, SqueezeExcite, StochDepth and the pieces
+every NF residual block shares (shortcut, residual merge, signal metrics, classifier head).
+How a WSConv2D's convolution is computed on each backend lives in :mod:`nfnets.cpu_conv`.
 
 Parameters are always created in float32; a layer computes in its input's dtype, so feeding
 bfloat16 activations gives mixed precision with float32 master weights (weight standardization
@@ -6,7 +10,6 @@ itself runs in float32 before the cast).
 """
 
 import contextlib
-import functools
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -15,301 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-GROUPED_CONV_IMPLS = ('native', 'split')
-
-# Per-process override of the grouped-conv strategy (None: choose per backend).
-_grouped_conv_override: str | None = None
-
-
-def set_grouped_conv_impl(impl: str | None) -> None:
-  """Forces the grouped-conv strategy for every WSConv2D built after this call.
-
-  ``None`` restores the per-backend default (see :func:`default_grouped_conv_impl`).
-  """
-  global _grouped_conv_override
-  if impl is not None and impl not in GROUPED_CONV_IMPLS:
-    raise ValueError(
-      f'Unknown grouped conv impl {impl!r}; accepted: {GROUPED_CONV_IMPLS}.'
-    )
-  _grouped_conv_override = impl
-
-
-def default_grouped_conv_impl() -> str:
-  """The grouped-conv strategy for the current default backend.
-
-  XLA:CPU runs ``feature_group_count`` convolutions 4-33x slower than the same work as one
-  dense convolution per group (measured in shared/REFERENCE.md), so CPU gets ``'split'``; GPU
-  and TPU have fast native grouped kernels.
-  """
-  if _grouped_conv_override is not None:
-    return _grouped_conv_override
-  return 'split' if jax.default_backend() == 'cpu' else 'native'
-
-
-def grouped_conv(
-  x: jax.Array,
-  w: jax.Array,
-  stride: Sequence[int],
-  padding: str,
-  groups: int,
-  impl: str,
-) -> jax.Array:
-  """NHWC x HWIO convolution with ``groups`` groups, by either strategy (same numbers).
-
-  ``'split'`` (the CPU strategy) also lowers ungrouped stride-1 1x1 convolutions to a dot and
-  takes the gradients of other dense convolutions in faster forms (:func:`_dense_conv`).
-  """
-  if (
-    impl == 'split'
-    and groups == 1
-    and w.shape[:2] == (1, 1)
-    and tuple(stride) == (1, 1)
-  ):
-    # A 1x1 convolution is a matrix product over channels; XLA:CPU runs its backward pass
-    # about 1.75x faster as a dot than as a convolution (same sums, same results). The
-    # product is taken on [N*H*W, C]: with the 4-D operand XLA transposes the activations
-    # to batch-minor layout for the weight gradient (34 vs 16 ms for F0's 48x48 128->256).
-    rows = jnp.dot(x.reshape(-1, x.shape[-1]), w[0, 0])
-    return rows.reshape(x.shape[:-1] + (w.shape[-1],))
-  if impl == 'split' and groups == 1:
-    return _dense_conv(x, w, tuple(stride), padding)
-  if impl == 'native':
-    return jax.lax.conv_general_dilated(
-      x,
-      w,
-      window_strides=tuple(stride),
-      padding=padding,
-      dimension_numbers=_DN,
-      feature_group_count=groups,
-    )
-  if impl != 'split':
-    raise ValueError(
-      f'Unknown grouped conv impl {impl!r}; accepted: {GROUPED_CONV_IMPLS}.'
-    )
-  # lax.split, not slices: its gradient concatenates the groups' gradients, where a slice's
-  # pads each to full size with zeros for a sum (2.6% of F0's CPU step, measured A/B).
-  x_groups = jax.lax.split(x, [w.shape[2]] * groups, axis=3)
-  w_groups = jax.lax.split(w, [w.shape[3] // groups] * groups, axis=3)
-  outs = [
-    grouped_conv(xg, wg, stride, padding, 1, impl)
-    for xg, wg in zip(x_groups, w_groups)
-  ]
-  return jnp.concatenate(outs, axis=3)
-
-
-_DN = ('NHWC', 'HWIO', 'NHWC')
-
-
-def _phase_split_applies(x_shape, w_shape, stride, padding) -> bool:
-  """Stride-2 3x3 SAME convolutions of even-sized inputs (SAME then pads 0 before, 1 after)."""
-  return (
-    tuple(stride) == (2, 2)
-    and tuple(w_shape[:2]) == (3, 3)
-    and padding == 'SAME'
-    and x_shape[1] % 2 == 0
-    and x_shape[2] % 2 == 0
-  )
-
-
-def _conv_by_phases(x: jax.Array, w: jax.Array) -> jax.Array:
-  """The stride-2 3x3 SAME convolution as four stride-1 convolutions over input phases.
-
-  Output ``(i, j)`` reads input rows ``2i + {0, 1, 2}`` and columns ``2j + {0, 1, 2}``; even
-  taps (0, 2) read the even phase at offsets 0 and 1, the odd tap (1) the odd phase. Same
-  sums as the strided convolution, no multiplications by inserted zeros.
-  """
-  phases = _input_phases(x)
-  conv = lambda a, k: jax.lax.conv_general_dilated(
-    a, k, (1, 1), 'VALID', dimension_numbers=_DN
-  )
-  return (
-    conv(phases[0, 0], w[0::2, 0::2])
-    + conv(phases[0, 1], w[0::2, 1:2])
-    + conv(phases[1, 0], w[1:2, 0::2])
-    + jnp.dot(phases[1, 1], w[1, 1])
-  )
-
-
-def _input_phases(x: jax.Array) -> dict[tuple[int, int], jax.Array]:
-  """The four phases ``(a, b)`` (row and column parity) of an even-sized NHWC input.
-
-  Padded as stride-2 3x3 SAME pads (0 before, 1 after); an even phase keeps one extra row or
-  column, which the even tap 2 reads at offset 1.
-  """
-  h, w = x.shape[1] // 2, x.shape[2] // 2
-  xp = jnp.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)))
-  return {
-    (a, b): xp[:, a::2, b::2][:, : h + 1 - a, : w + 1 - b]
-    for a in (0, 1)
-    for b in (0, 1)
-  }
-
-
-def _xla_conv(
-  x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: str
-) -> jax.Array:
-  return jax.lax.conv_general_dilated(
-    x, w, stride, padding, dimension_numbers=_DN
-  )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dense_conv(
-  x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: str
-) -> jax.Array:
-  """A dense convolution with its gradients in the forms XLA:CPU runs fastest.
-
-  The forward pass is XLA's convolution. Over many output positions the weight gradient is
-  summed from XLA's weight-gradient convolutions of small chunks of the batch
-  (:func:`_weight_grad_by_chunks`); over few, a strided one's input is moved batch-minor by
-  a matrix product first (:func:`_weight_grad_batch_minor`). The input gradient of a stride-2
-  3x3 SAME convolution is taken by phases (:func:`_conv_by_phases`; XLA's runs over the
-  zero-dilated output gradient, 2-2.5x slower); other input gradients are XLA's.
-  """
-  return _xla_conv(x, w, stride, padding)
-
-
-def _dense_conv_fwd(x, w, stride, padding):
-  return _xla_conv(x, w, stride, padding), (x, w)
-
-
-def _dense_conv_bwd(stride, padding, residuals, g):
-  x, w = residuals
-  if _phase_split_applies(x.shape, w.shape, stride, padding):
-    _, input_vjp = jax.vjp(lambda x: _conv_by_phases(x, w), x)
-  else:
-    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, stride, padding), x)
-  if _chunks_pay_off(x.shape, g.shape, stride):
-    weight_grad = _weight_grad_by_chunks(x, g, w.shape, stride, padding).astype(
-      w.dtype
-    )
-  elif tuple(stride) != (1, 1) and x.shape[3] >= 16:
-    weight_grad = _weight_grad_batch_minor(x, g, w.shape, stride, padding)
-  else:
-    weight_grad = jax.vjp(lambda w: _xla_conv(x, w, stride, padding), w)[1](g)[
-      0
-    ]
-  return input_vjp(g)[0], weight_grad
-
-
-_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
-
-# Output positions per chunk of :func:`_weight_grad_by_chunks`, by stride, as measured fastest
-# on a 2-core AVX-512 CPU: one 48x48 image (four 24x24 ones) at stride 1; at stride 2, whose
-# chunks read four times the input, 12 rows of a 24x24 output (48x48 128->128: 8.4 ms, against
-# 13.7 for whole images and 16.5 for XLA's whole-batch gradient).
-_WEIGHT_GRAD_CHUNK = {(1, 1): 48 * 48, (2, 2): 12 * 24}
-
-
-def _chunks_pay_off(
-  x_shape: Sequence[int], g_shape: Sequence[int], stride: Sequence[int]
-) -> bool:
-  """Where chunking beat XLA's whole-batch weight gradient on a 2-core AVX-512 CPU.
-
-  F0's layers at batch 8 (scripts/conv_layers_vs_torch.py): 0.3-0.6x XLA's time with 96x96,
-  48x48 and (stride 1) 24x24 outputs; but 1.3-1.5x with 12x12 and smaller outputs, and 4.5x
-  for the stem's first convolution (3 input channels), where XLA's is already efficient.
-  """
-  n, ho, wo = g_shape[:3]
-  # At least two stride-1 chunks' worth of outputs (4,608: 24x24 at batch 8), at any stride.
-  return (
-    tuple(stride) in _WEIGHT_GRAD_CHUNK
-    and x_shape[3] >= 16
-    and n * ho * wo >= 2 * _WEIGHT_GRAD_CHUNK[1, 1]
-  )
-
-
-# Most convolutions one weight gradient is unrolled into: the program (and its compile time)
-# grows with their number, and in a loop (lax.scan) XLA:CPU ran them 80x slower (48x48
-# 128->128 at batch 8: 3.4 s against 43 ms), so the chunks are not looped over.
-_MAX_WEIGHT_GRAD_CHUNKS = 32
-
-
-def _chunk_shape(n: int, ho: int, wo: int, positions: int) -> tuple[int, int]:
-  """``(images, rows)`` per chunk: about ``positions`` outputs, and a bounded chunk count.
-
-  Whole images when one image has fewer outputs than ``positions``, else blocks of rows of
-  one image; over ``_MAX_WEIGHT_GRAD_CHUNKS`` chunks (large batches or images), the chunks
-  grow, trading speed for a bounded program.
-  """
-  while True:
-    images = max(1, min(n, positions // (ho * wo)))
-    rows = ho if images > 1 else max(1, min(ho, positions // wo))
-    if -(-n // images) * -(-ho // rows) <= _MAX_WEIGHT_GRAD_CHUNKS:
-      return images, rows
-    positions *= 2
-
-
-def _weight_grad_by_chunks(
-  x: jax.Array,
-  g: jax.Array,
-  w_shape: Sequence[int],
-  stride: tuple[int, int],
-  padding: str,
-) -> jax.Array:
-  """``dL/dw`` of an NHWC x HWIO convolution, summed over chunks of output positions.
-
-  XLA:CPU's weight-gradient convolution slows down as the number of output positions it
-  contracts over grows (on a 2-core AVX-512 CPU, 48x48 128->128: 3.3 ms for one image, 77 ms
-  for eight); so the sum is split into chunks of about ``_WEIGHT_GRAD_CHUNK[stride]`` positions:
-  whole images where they are small, blocks of output rows of one image where they are
-  large. A block of ``r`` output rows reads ``(r - 1) * stride + kh`` padded input rows, its
-  receptive field, so each chunk is a VALID convolution and the chunks' sums add up exactly
-  to the whole.
-  """
-  kh, kw = w_shape[:2]
-  n, ho, wo, _ = g.shape
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
-  x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  images, rows = _chunk_shape(n, ho, wo, _WEIGHT_GRAD_CHUNK[tuple(stride)])
-  w_type = jax.ShapeDtypeStruct(tuple(w_shape), x.dtype)
-  total = jnp.zeros(w_shape, jnp.float32)
-  for i in range(0, n, images):
-    for r in range(0, ho, rows):
-      r_end = min(r + rows, ho)
-      x_chunk = x_pad[
-        i : i + images, r * stride[0] : (r_end - 1) * stride[0] + kh
-      ]
-      transpose = jax.linear_transpose(
-        lambda w, x_chunk=x_chunk: _xla_conv(x_chunk, w, stride, 'VALID'),
-        w_type,
-      )
-      total += transpose(g[i : i + images, r:r_end])[0].astype(jnp.float32)
-  return total
-
-
-def _weight_grad_batch_minor(
-  x: jax.Array,
-  g: jax.Array,
-  w_shape: Sequence[int],
-  stride: tuple[int, int],
-  padding: str,
-) -> jax.Array:
-  """``dL/dw`` as XLA's weight-gradient convolution, with the input moved batch-minor first.
-
-  That convolution contracts over the batch, so XLA:CPU lays its input out as ``[C, H, W, N]``
-  and fuses the input's elementwise producer (the activation before a convolution) into the
-  transposing copy, which it then runs as a slow strided loop: 5.4 ms per group for F0's
-  24x24x768 stride-2 grouped convolution, whose output is only 12x12. A product with the
-  ``N x N`` identity hands the same move to the matrix-product library and gives
-  ``[H, W, C, N]`` (16 against 33 ms for that layer's six groups); XLA's remaining transpose
-  moves whole ``N``-element rows. Exact for finite inputs (each output is ``x * 1`` plus
-  zeros); an infinite input turns its position NaN for the whole batch.
-  """
-  kh, kw = w_shape[:2]
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
-  identity = jnp.eye(x.shape[0], dtype=x.dtype)
-  x_batch_minor = jax.lax.dot_general(x, identity, (((0,), (0,)), ((), ())))
-  # Input: batch = C (axis 2), feature = N (axis 3); the output gradient is the kernel
-  # (out = its channels, in = N); the result's batch is C and its feature the output
-  # channels, laid out HWIO.
-  dims = jax.lax.ConvDimensionNumbers(
-    lhs_spec=(2, 3, 0, 1), rhs_spec=(3, 0, 1, 2), out_spec=(2, 3, 0, 1)
-  )
-  return jax.lax.conv_general_dilated(
-    x_batch_minor, g, (1, 1), pads, rhs_dilation=stride, dimension_numbers=dims
-  )
-
+from nfnets import cpu_conv
 
 # Weight standardization's variance floor (per unit, times fan-in), as in the official code.
 WS_EPS = 1e-4
@@ -325,74 +34,12 @@ def standardize_weight(
   ``gain^2 / fan_in``: a unit-variance input gives a unit-variance output.
 
   ``grad_by_dot`` (the CPU strategy) keeps this forward but computes the gradient in closed
-  form with its per-unit sums as matrix products: XLA:CPU runs autodiff's sums over the major
-  ``fan_in`` axis 4-6x slower (0.3 s per F0 step for the final 1x1 conv alone). Same maths,
-  float32 rounding.
+  form with its per-unit sums as matrix products (:func:`cpu_conv.standardize_weight_dot_grad`).
+  Same maths, float32 rounding.
   """
   if grad_by_dot:
-    return _standardize_weight_dot_grad(w, gain, eps)
-  return _standardize_weight(w, gain, eps)
-
-
-def _standardize_weight(w: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
-  return _standardize_with_moments(w, gain, eps)[0]
-
-
-def _standardize_with_moments(
-  w: jax.Array, gain: jax.Array, eps: float
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``(w_hat, mean, var * fan_in)``, the moments per unit (keepdims)."""
-  axes = tuple(range(w.ndim - 1))
-  fan_in = int(np.prod(w.shape[:-1]))
-  mean = jnp.mean(w, axis=axes, keepdims=True)
-  var_n = jnp.var(w, axis=axes, keepdims=True) * fan_in
-  scale = jax.lax.rsqrt(jnp.maximum(var_n, eps)) * gain
-  return w * scale - mean * scale, mean, var_n
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _standardize_weight_dot_grad(
-  w: jax.Array, gain: jax.Array, eps: float
-) -> jax.Array:
-  return _standardize_weight(w, gain, eps)
-
-
-def _ws_fwd(w, gain, eps):
-  w_hat, mean, var_n = _standardize_with_moments(w, gain, eps)
-  return w_hat, (w, gain, mean.reshape(-1), var_n.reshape(-1))
-
-
-def _column_means(x: jax.Array) -> jax.Array:
-  """Mean over axis 0 of ``[fan_in, units]`` as a two-row matrix product.
-
-  A one-row (vector) product lets XLA:CPU fuse the elementwise producer into a loop that walks
-  the major axis column by column (15x slower on the final 1536x3072 conv); two rows keep it
-  a library GEMM. The second row is discarded.
-  """
-  rows = jnp.full((2, x.shape[0]), 1.0 / x.shape[0], x.dtype)
-  return jnp.dot(rows, x)[0]
-
-
-def _ws_bwd(eps, residuals, g):
-  """Closed-form WS gradient; every per-unit sum over ``fan_in`` is a matrix product.
-
-  With ``c = w - mean``, ``s = gain * rsqrt(n var)`` and ``G`` the incoming gradient:
-  ``dw = s (G - mean(G)) - c gain rsqrt(n var)^3 sum(G c)`` (the second term vanishes where
-  the eps floor holds ``n var``), and ``dgain = rsqrt(n var) sum(G c)``.
-  """
-  w, gain, mean, var_n = residuals
-  fan_in = int(np.prod(w.shape[:-1]))
-  w2, g2 = w.reshape(fan_in, -1), g.reshape(fan_in, -1)
-  rstd = jax.lax.rsqrt(jnp.maximum(var_n, eps))
-  centred = w2 - mean
-  g_dot_centred = _column_means(g2 * centred) * fan_in
-  dvar_term = jnp.where(var_n > eps, -g_dot_centred * gain * rstd**3, 0.0)
-  d_w = (g2 - _column_means(g2)) * (gain * rstd) + centred * dvar_term
-  d_gain = g_dot_centred * rstd
-  return d_w.reshape(w.shape), d_gain.astype(gain.dtype)
-
-
-_standardize_weight_dot_grad.defvjp(_ws_fwd, _ws_bwd)
+    return cpu_conv.standardize_weight_dot_grad(w, gain, eps)
+  return cpu_conv.standardize_with_moments(w, gain, eps)[0]
 
 
 # The parameter that replaces a WSConv2D's ``w`` and ``gain`` in standardize_params()'s output.
@@ -406,7 +53,7 @@ def standardized_weights() -> Iterator[None]:
   """While active, WSConv2D modules read weights already standardized by standardize_params.
 
   For inference: evaluating one set of weights on many batches, standardizing once saves
-  each forward pass a pass over every weight (4% of F0's CPU eval forward at batch 8).
+  each forward pass a pass over every weight.
   Enter it inside the traced function. Parameters without ``w_standardized`` fail to apply
   rather than run unstandardized.
   """
@@ -471,14 +118,7 @@ class WSConv2D(hk.Module):
         f'output_channels={output_channels} is not divisible by '
         f'feature_group_count={feature_group_count}.'
       )
-    if (
-      grouped_conv_impl is not None
-      and grouped_conv_impl not in GROUPED_CONV_IMPLS
-    ):
-      raise ValueError(
-        f'Unknown grouped conv impl {grouped_conv_impl!r}; '
-        f'accepted: {GROUPED_CONV_IMPLS}.'
-      )
+    cpu_conv.check_impl(grouped_conv_impl)
     self.output_channels = output_channels
     self.kernel_shape = tuple(kernel_shape)
     self.stride = tuple(stride)
@@ -499,7 +139,7 @@ class WSConv2D(hk.Module):
       in_ch // self.feature_group_count,
       self.output_channels,
     )
-    impl = self.grouped_conv_impl or default_grouped_conv_impl()
+    impl = self.grouped_conv_impl or cpu_conv.default_grouped_conv_impl()
     if weights_are_standardized():
       if hk.running_init():
         raise ValueError(
@@ -527,7 +167,7 @@ class WSConv2D(hk.Module):
     bias = hk.get_parameter(
       'bias', (self.output_channels,), jnp.float32, init=jnp.zeros
     )
-    out = grouped_conv(
+    out = cpu_conv.grouped_conv(
       x,
       weight.astype(x.dtype),
       self.stride,
@@ -746,3 +386,32 @@ def classifier_head(
     pool = hk.dropout(hk.next_rng_key(), drop_rate, pool)
   outputs['logits'] = fc(pool).astype(jnp.float32)
   return outputs
+
+
+def check_num_classes(num_classes: int) -> None:
+  """Raises a ValueError unless ``num_classes`` is a positive int."""
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(
+      f'num_classes must be a positive int, got {num_classes!r}.'
+    )
+
+
+def check_images(x: jax.Array, total_stride: int, channels: int = 3) -> None:
+  """Raises a ValueError naming the problem when ``x`` is not a valid NHWC image batch."""
+  if x.ndim != 4:
+    raise ValueError(
+      f'Expected NHWC images of rank 4, got shape {tuple(x.shape)}.'
+    )
+  if x.shape[-1] != channels:
+    raise ValueError(
+      f'Expected NHWC images with {channels} channels (last axis), got shape '
+      f'{tuple(x.shape)}; transpose NCHW inputs to NHWC.'
+    )
+  if min(x.shape[1], x.shape[2]) < total_stride:
+    raise ValueError(
+      f"Images of {x.shape[1]}x{x.shape[2]} are smaller than the network's "
+      f'total stride {total_stride}; use at least {total_stride}x'
+      f'{total_stride}.'
+    )
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f'Expected floating-point images, got dtype {x.dtype}.')

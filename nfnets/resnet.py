@@ -20,7 +20,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, layers, nfnet, registry
+from nfnets import activations, cpu_conv, layers, nfnet, registry
 from nfnets.nf_resnet import VARIANTS as RESNET_VARIANTS
 from nfnets.nfnet import check_images
 
@@ -505,7 +505,7 @@ class BNConv2D(hk.Module):
   """Plain convolution (no bias) followed by BatchNorm: the NFNet-BN stand-in for WSConv2D.
 
   The weight is HWIO under the name 'w' as in WSConv2D; grouped convolutions use the same
-  per-backend strategy (``layers.grouped_conv``) so speed comparisons isolate the norm.
+  per-backend strategy (``cpu_conv.grouped_conv``) so speed comparisons isolate the norm.
   """
 
   def __init__(
@@ -532,8 +532,8 @@ class BNConv2D(hk.Module):
     )
     w_init = hk.initializers.VarianceScaling(1.0, 'fan_in', 'normal')
     w = hk.get_parameter('w', w_shape, jnp.float32, init=w_init)
-    impl = self.grouped_conv_impl or layers.default_grouped_conv_impl()
-    out = layers.grouped_conv(
+    impl = self.grouped_conv_impl or cpu_conv.default_grouped_conv_impl()
+    out = cpu_conv.grouped_conv(
       x, w.astype(x.dtype), self.stride, 'SAME', self.feature_group_count, impl
     )
     return self.bn(out, is_training).astype(x.dtype)

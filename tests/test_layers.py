@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnets import layers
+from nfnets import cpu_conv, layers
 
 
 def _conv_fn(impl, groups=4, out_ch=32, stride=1):
@@ -163,7 +163,7 @@ def test_conv_by_phases_equals_strided_convolution(size):
       expected[:, i, j] = np.einsum(
         'nhwc,hwco->no', xp[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3], k
       )
-  got = layers._conv_by_phases(
+  got = cpu_conv.conv_by_phases(
     jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
   )
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -171,15 +171,15 @@ def test_conv_by_phases_equals_strided_convolution(size):
 
 def test_grouped_conv_default_and_override():
   assert jax.default_backend() == 'cpu'
-  assert layers.default_grouped_conv_impl() == 'split'
-  layers.set_grouped_conv_impl('native')
+  assert cpu_conv.default_grouped_conv_impl() == 'split'
+  cpu_conv.set_grouped_conv_impl('native')
   try:
-    assert layers.default_grouped_conv_impl() == 'native'
+    assert cpu_conv.default_grouped_conv_impl() == 'native'
   finally:
-    layers.set_grouped_conv_impl(None)
-  assert layers.default_grouped_conv_impl() == 'split'
+    cpu_conv.set_grouped_conv_impl(None)
+  assert cpu_conv.default_grouped_conv_impl() == 'split'
   with pytest.raises(ValueError, match='accepted'):
-    layers.set_grouped_conv_impl('winograd')
+    cpu_conv.set_grouped_conv_impl('winograd')
   with pytest.raises(ValueError, match='accepted'):
     hk.transform(lambda: layers.WSConv2D(8, grouped_conv_impl='fast')).init(
       None
@@ -207,7 +207,7 @@ def test_split_groups_gradients_join_by_concatenation():
   x = jnp.ones((1, 8, 8, 16))
   w = jnp.ones((3, 3, 4, 32))
   conv = lambda x, w: jnp.sum(
-    layers.grouped_conv(x, w, (1, 1), 'SAME', 4, 'split')
+    cpu_conv.grouped_conv(x, w, (1, 1), 'SAME', 4, 'split')
   )
   names = [
     eqn.primitive.name
@@ -304,8 +304,8 @@ def test_dense_conv_chunked_weight_gradients_match_autodiff(
     x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
   out, ref_vjp = jax.vjp(reference, x, w)
-  assert layers._chunks_pay_off(x.shape, out.shape, strides)
-  ours = lambda x, w: layers._dense_conv(x, w, strides, padding)
+  assert cpu_conv.chunks_pay_off(x.shape, out.shape, strides)
+  ours = lambda x, w: cpu_conv.dense_conv(x, w, strides, padding)
   g = jax.random.normal(jax.random.PRNGKey(2), out.shape)
   np.testing.assert_allclose(ours(x, w), out, rtol=1e-5, atol=1e-5)
   for got, expected in zip(jax.vjp(ours, x, w)[1](g), ref_vjp(g)):
@@ -330,20 +330,20 @@ def test_batch_minor_weight_gradient_matches_numpy(
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, *size, 16)))
   w = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 8))) * 0.1
   out, vjp = jax.vjp(
-    lambda w: layers._dense_conv(jnp.asarray(x), w, stride, padding),
+    lambda w: cpu_conv.dense_conv(jnp.asarray(x), w, stride, padding),
     jnp.asarray(w),
   )
   g = np.asarray(jax.random.normal(jax.random.PRNGKey(2), out.shape))
   calls = []
-  original = layers._weight_grad_batch_minor
+  original = cpu_conv.weight_grad_batch_minor
   monkeypatch.setattr(
-    layers,
-    '_weight_grad_batch_minor',
+    cpu_conv,
+    'weight_grad_batch_minor',
     lambda *a: calls.append(a[3]) or original(*a),
   )
   got = np.asarray(
     jax.vjp(
-      lambda w: layers._dense_conv(jnp.asarray(x), w, stride, padding),
+      lambda w: cpu_conv.dense_conv(jnp.asarray(x), w, stride, padding),
       jnp.asarray(w),
     )[1](jnp.asarray(g))[0]
   )
@@ -372,7 +372,7 @@ def test_weight_grad_chunks_cover_every_output_once():
   n, h, w, stride = 3, 50, 37, 1
   x = jnp.ones((n, h, w, 16))
   g = jnp.ones((n, h, w, 2))
-  got = layers._weight_grad_by_chunks(
+  got = cpu_conv.weight_grad_by_chunks(
     x, g, (3, 3, 16, 2), (stride, stride), 'SAME'
   )
   rows = np.array([h - 1, h, h - 1])  # tap row 0 and 2 miss one output row each
@@ -399,15 +399,15 @@ def test_weight_grad_chunks_cover_every_output_once():
   ],
 )
 def test_weight_grad_chunk_count_is_bounded(n, ho, wo, positions, expected):
-  images, rows = layers._chunk_shape(n, ho, wo, positions)
+  images, rows = cpu_conv.chunk_shape(n, ho, wo, positions)
   assert (images, rows) == expected
-  assert -(-n // images) * -(-ho // rows) <= layers._MAX_WEIGHT_GRAD_CHUNKS
+  assert -(-n // images) * -(-ho // rows) <= cpu_conv.MAX_WEIGHT_GRAD_CHUNKS
 
 
 def test_chunked_weight_gradient_chosen_for_f0_layers():
   # Batch 8 at 192 px: chunked where it measured faster (96x96, 48x48 and 24x24 outputs),
   # XLA's whole-batch gradient elsewhere.
-  pays = lambda size, cin, stride: layers._chunks_pay_off(
+  pays = lambda size, cin, stride: cpu_conv.chunks_pay_off(
     (8, size, size, cin),
     (8, size // stride, size // stride, 64),
     (stride, stride),
