@@ -13,85 +13,11 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, layers, registry
-from nfnets.nfnet import check_images
+from nfnets import activations, layers, registry, variants
 
-# Official release (base.py: nf_regnet_params): stage widths before the 0.75 width multiplier.
-VARIANTS: dict[str, dict] = {
-  'B0': dict(
-    width=(48, 104, 208, 440),
-    depth=(1, 3, 6, 6),
-    train_imsize=192,
-    test_imsize=224,
-    drop_rate=0.2,
-  ),
-  'B1': dict(
-    width=(48, 104, 208, 440),
-    depth=(2, 4, 7, 7),
-    train_imsize=224,
-    test_imsize=256,
-    drop_rate=0.2,
-  ),
-  'B2': dict(
-    width=(56, 112, 232, 488),
-    depth=(2, 4, 8, 8),
-    train_imsize=240,
-    test_imsize=272,
-    drop_rate=0.3,
-  ),
-  'B3': dict(
-    width=(56, 128, 248, 528),
-    depth=(2, 5, 9, 9),
-    train_imsize=288,
-    test_imsize=320,
-    drop_rate=0.3,
-  ),
-  'B4': dict(
-    width=(64, 144, 288, 616),
-    depth=(2, 6, 11, 11),
-    train_imsize=320,
-    test_imsize=384,
-    drop_rate=0.4,
-  ),
-  'B5': dict(
-    width=(80, 168, 336, 704),
-    depth=(3, 7, 14, 14),
-    train_imsize=384,
-    test_imsize=456,
-    drop_rate=0.4,
-  ),
-  'B6': dict(
-    width=(88, 184, 376, 792),
-    depth=(3, 8, 16, 16),
-    train_imsize=448,
-    test_imsize=528,
-    drop_rate=0.5,
-  ),
-  'B7': dict(
-    width=(96, 208, 416, 880),
-    depth=(4, 10, 19, 19),
-    train_imsize=512,
-    test_imsize=600,
-    drop_rate=0.5,
-  ),
-  'B8': dict(
-    width=(104, 232, 456, 968),
-    depth=(4, 11, 22, 22),
-    train_imsize=600,
-    test_imsize=672,
-    drop_rate=0.5,
-  ),
-}
+# The one table of B0-B8 (see nfnets/variants.py), under the family's name.
+VARIANTS = variants.NF_REGNET
 TOTAL_STRIDE = 32  # stem (2) x four stride-2 stages
-# Official experiment_nf_regnets.py weight decay per variant (5e-5 + 1e-5 * level).
-WEIGHT_DECAY = {
-  'B0': 5e-5,
-  'B1': 6e-5,
-  'B2': 7e-5,
-  'B3': 8e-5,
-  'B4': 9e-5,
-  'B5': 1e-4,
-}
 
 
 class NFBlock(hk.Module):
@@ -180,6 +106,12 @@ class NFBlock(hk.Module):
     return macs
 
 
+@registry.register_family(
+  'NF-RegNet',
+  VARIANTS,
+  default_variant='B0',
+  models={f'nf_regnet_{v.lower()}': dict(variant=v) for v in VARIANTS},
+)
 class NFRegNet(hk.Module):
   """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
@@ -199,15 +131,8 @@ class NFRegNet(hk.Module):
     name: str = 'NF_RegNet',
   ):
     super().__init__(name=name)
-    if variant not in VARIANTS:
-      raise ValueError(
-        f'Unknown NF-RegNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
-      )
-    if not isinstance(num_classes, int) or num_classes < 1:
-      raise ValueError(
-        f'num_classes must be a positive int, got {num_classes!r}.'
-      )
-    params = VARIANTS[variant]
+    params = variants.lookup(VARIANTS, variant, 'NF-RegNet')
+    layers.check_num_classes(num_classes)
     self.num_classes = num_classes
     self.variant = variant
     self.train_imsize, self.test_imsize = (
@@ -259,7 +184,7 @@ class NFRegNet(hk.Module):
     self, x: jax.Array, is_training: bool, return_metrics: bool = False
   ) -> dict[str, jax.Array]:
     """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
-    check_images(x, TOTAL_STRIDE)
+    layers.check_images(x, TOTAL_STRIDE)
     outputs = {}
     out = self.initial_conv(x)
     out = layers.run_blocks(
@@ -279,33 +204,3 @@ class NFRegNet(hk.Module):
       h, w = h / block.stride, w / block.stride
     macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
     return macs + self.final_conv.output_channels * self.num_classes
-
-
-def _nf_regnet(num_classes: int, **kwargs) -> NFRegNet:
-  return NFRegNet(num_classes=num_classes, **kwargs)
-
-
-def _variant_info(kwargs: dict) -> dict:
-  variant = kwargs.get('variant', 'B0')
-  if variant not in VARIANTS:
-    raise ValueError(
-      f'Unknown NF-RegNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
-    )
-  params = VARIANTS[variant]
-  drop_rate = kwargs.get('drop_rate')
-  info = dict(
-    train_imsize=params['train_imsize'],
-    test_imsize=params['test_imsize'],
-    drop_rate=params['drop_rate'] if drop_rate is None else drop_rate,
-  )
-  if variant in WEIGHT_DECAY:
-    info['weight_decay'] = WEIGHT_DECAY[variant]
-  return info
-
-
-_nf_regnet.variant_info = _variant_info
-
-for _variant in VARIANTS:
-  registry.register(
-    f'nf_regnet_{_variant.lower()}', _nf_regnet, variant=_variant
-  )

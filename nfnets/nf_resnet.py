@@ -15,29 +15,12 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, layers, registry
-from nfnets.nfnet import check_images
+from nfnets import activations, layers, registry, variants
 
-# Blocks per stage. 26 is the NF-ResNet paper's smallest model; 288 and 600 are the official
-# release's deep variants (used for the signal-propagation plots).
-VARIANTS: dict[str, dict] = {
-  'ResNet26': dict(depth=(2, 2, 2, 2)),
-  'ResNet50': dict(depth=(3, 4, 6, 3)),
-  'ResNet101': dict(depth=(3, 4, 23, 3)),
-  'ResNet152': dict(depth=(3, 8, 36, 3)),
-  'ResNet200': dict(depth=(3, 24, 36, 3)),
-  'ResNet288': dict(depth=(24, 24, 24, 24)),
-  'ResNet600': dict(depth=(50, 50, 50, 50)),
-}
-_BASE_WIDTHS = (
-  64,
-  128,
-  256,
-  512,
-)  # times ``width`` (4 by default: 256 ... 2048)
+# The one table of ResNet layouts (see nfnets/variants.py), under the family's name.
+VARIANTS = variants.RESNET
 _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # 7x7 conv (2) x max pool (2) x stages (1 * 2 * 2 * 2)
-IMSIZE = 224  # The NF-ResNet paper trains and tests at 224.
 
 
 class NFResBlock(hk.Module):
@@ -127,6 +110,21 @@ class NFResBlock(hk.Module):
     return macs
 
 
+@registry.register_family(
+  'NF-ResNet',
+  VARIANTS,
+  default_variant='ResNet50',
+  imsize=variants.RESNET_IMSIZE,
+  models={
+    **{
+      f'nf_resnet_{v.removeprefix("ResNet")}': dict(variant=v) for v in VARIANTS
+    },
+    **{
+      f'nf_seresnet_{v.removeprefix("ResNet")}': dict(variant=v, use_se=True)
+      for v in VARIANTS
+    },
+  },
+)
 class NFResNet(hk.Module):
   """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
@@ -146,20 +144,16 @@ class NFResNet(hk.Module):
     name: str = 'NF_ResNet',
   ):
     super().__init__(name=name)
-    if variant not in VARIANTS:
-      raise ValueError(
-        f'Unknown NF-ResNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
-      )
-    if not isinstance(num_classes, int) or num_classes < 1:
-      raise ValueError(
-        f'num_classes must be a positive int, got {num_classes!r}.'
-      )
+    depths = variants.lookup(VARIANTS, variant, 'NF-ResNet')['depth']
+    layers.check_num_classes(num_classes)
     if not 0.0 <= drop_rate < 1.0:
       raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
     self.num_classes = num_classes
     self.variant = variant
-    self.depth_pattern = VARIANTS[variant]['depth']
-    self.width_pattern = [int(base * width) for base in _BASE_WIDTHS]
+    self.depth_pattern = depths
+    self.width_pattern = [
+      int(base * width) for base in variants.RESNET_BASE_WIDTHS
+    ]
     self.activation = activations.get_activation(activation)
     self.drop_rate = drop_rate
     ch = int(16 * width)
@@ -202,7 +196,7 @@ class NFResNet(hk.Module):
     self, x: jax.Array, is_training: bool, return_metrics: bool = False
   ) -> dict[str, jax.Array]:
     """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
-    check_images(x, TOTAL_STRIDE)
+    layers.check_images(x, TOTAL_STRIDE)
     outputs = {}
     out = self.initial_conv(x)
     out = hk.max_pool(
@@ -223,30 +217,3 @@ class NFResNet(hk.Module):
       macs += block.count_macs(h, w)
       h, w = h / block.stride, w / block.stride
     return macs + self.blocks[-1].out_ch * self.num_classes
-
-
-def _nf_resnet(num_classes: int, **kwargs) -> NFResNet:
-  return NFResNet(num_classes=num_classes, **kwargs)
-
-
-def _variant_info(kwargs: dict) -> dict:
-  variant = kwargs.get('variant', 'ResNet50')
-  if variant not in VARIANTS:
-    raise ValueError(
-      f'Unknown NF-ResNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
-    )
-  return dict(
-    train_imsize=IMSIZE,
-    test_imsize=IMSIZE,
-    drop_rate=kwargs.get('drop_rate', 0.0),
-  )
-
-
-_nf_resnet.variant_info = _variant_info
-
-for _variant in VARIANTS:
-  _depth = _variant.removeprefix('ResNet')
-  registry.register(f'nf_resnet_{_depth}', _nf_resnet, variant=_variant)
-  registry.register(
-    f'nf_seresnet_{_depth}', _nf_resnet, variant=_variant, use_se=True
-  )

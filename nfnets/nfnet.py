@@ -11,74 +11,10 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, layers, registry
+from nfnets import activations, layers, registry, variants
 
-# Per-variant architecture and training-recipe facts (paper Table 3, official release).
-_BASE_WIDTH = (256, 512, 1536, 1536)
-_PLUS_WIDTH = (384, 768, 2048, 2048)
-_F_SERIES = {
-  'F0': dict(
-    depth=(1, 2, 6, 3),
-    train_imsize=192,
-    test_imsize=256,
-    RA_level='405',
-    drop_rate=0.2,
-  ),
-  'F1': dict(
-    depth=(2, 4, 12, 6),
-    train_imsize=224,
-    test_imsize=320,
-    RA_level='410',
-    drop_rate=0.3,
-  ),
-  'F2': dict(
-    depth=(3, 6, 18, 9),
-    train_imsize=256,
-    test_imsize=352,
-    RA_level='410',
-    drop_rate=0.4,
-  ),
-  'F3': dict(
-    depth=(4, 8, 24, 12),
-    train_imsize=320,
-    test_imsize=416,
-    RA_level='415',
-    drop_rate=0.4,
-  ),
-  'F4': dict(
-    depth=(5, 10, 30, 15),
-    train_imsize=384,
-    test_imsize=512,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-  'F5': dict(
-    depth=(6, 12, 36, 18),
-    train_imsize=416,
-    test_imsize=544,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-  'F6': dict(
-    depth=(7, 14, 42, 21),
-    train_imsize=448,
-    test_imsize=576,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-  'F7': dict(
-    depth=(8, 16, 48, 24),
-    train_imsize=480,
-    test_imsize=608,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-}
-VARIANTS: dict[str, dict] = {}
-for _key, _params in _F_SERIES.items():
-  VARIANTS[_key] = dict(width=_BASE_WIDTH, **_params)
-  VARIANTS[_key + '+'] = dict(width=_PLUS_WIDTH, **_params)
-
+# The one table of F0-F7 and F0+-F7+ (see nfnets/variants.py), under the family's name.
+VARIANTS = variants.NFNET
 _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # stem (4) x stages (1 * 2 * 2 * 2)
 
@@ -187,6 +123,16 @@ class NFBlock(hk.Module):
     return macs
 
 
+@registry.register_family(
+  'NFNet',
+  VARIANTS,
+  default_variant='F0',
+  # stochdepth 0.25 is the paper's training recipe (the class default is the official 0.1).
+  models={
+    registry.canonical_name(f'nfnet_{v}'): dict(variant=v, stochdepth_rate=0.25)
+    for v in VARIANTS
+  },
+)
 class NFNet(hk.Module):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 
@@ -209,15 +155,8 @@ class NFNet(hk.Module):
     name: str = 'NFNet',
   ):
     super().__init__(name=name)
-    if variant not in VARIANTS:
-      raise ValueError(
-        f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
-      )
-    if not isinstance(num_classes, int) or num_classes < 1:
-      raise ValueError(
-        f'num_classes must be a positive int, got {num_classes!r}.'
-      )
-    params = VARIANTS[variant]
+    params = variants.lookup(VARIANTS, variant, 'NFNet')
+    layers.check_num_classes(num_classes)
     self.num_classes = num_classes
     self.variant = variant
     self.train_imsize = params['train_imsize']
@@ -287,7 +226,7 @@ class NFNet(hk.Module):
     ``return_metrics``, per-block signal statistics ``avg_sq_mean_i``, ``avg_var_i``
     (i = 0 for the stem output) and ``res_avg_var_i``.
     """
-    check_images(x, TOTAL_STRIDE)
+    layers.check_images(x, TOTAL_STRIDE)
     outputs = {}
     out = x
     for i, conv in enumerate(self.stem):
@@ -315,53 +254,3 @@ class NFNet(hk.Module):
     macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
     macs += self.final_conv.output_channels * self.num_classes
     return macs
-
-
-def check_images(x: jax.Array, total_stride: int, channels: int = 3) -> None:
-  """Raises a ValueError naming the problem when ``x`` is not a valid NHWC image batch."""
-  if x.ndim != 4:
-    raise ValueError(
-      f'Expected NHWC images of rank 4, got shape {tuple(x.shape)}.'
-    )
-  if x.shape[-1] != channels:
-    raise ValueError(
-      f'Expected NHWC images with {channels} channels (last axis), got shape '
-      f'{tuple(x.shape)}; transpose NCHW inputs to NHWC.'
-    )
-  if min(x.shape[1], x.shape[2]) < total_stride:
-    raise ValueError(
-      f"Images of {x.shape[1]}x{x.shape[2]} are smaller than the network's "
-      f'total stride {total_stride}; use at least {total_stride}x'
-      f'{total_stride}.'
-    )
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f'Expected floating-point images, got dtype {x.dtype}.')
-
-
-def _nfnet(num_classes: int, **kwargs) -> NFNet:
-  return NFNet(num_classes=num_classes, **kwargs)
-
-
-def _variant_info(kwargs: dict) -> dict:
-  """Recipe facts for a variant: resolutions, RandAugment level and dropout."""
-  variant = kwargs.get('variant', 'F0')
-  if variant not in VARIANTS:
-    raise ValueError(
-      f'Unknown NFNet variant {variant!r}; accepted: {sorted(VARIANTS)}.'
-    )
-  params = VARIANTS[variant]
-  drop_rate = kwargs.get('drop_rate')
-  return dict(
-    train_imsize=params['train_imsize'],
-    test_imsize=params['test_imsize'],
-    RA_level=params['RA_level'],
-    drop_rate=params['drop_rate'] if drop_rate is None else drop_rate,
-  )
-
-
-_nfnet.variant_info = _variant_info
-
-for _variant in VARIANTS:
-  _reg_name = 'nfnet_' + _variant.lower().replace('+', '_plus')
-  # stochdepth 0.25 is the paper's training recipe (the class default is the official 0.1).
-  registry.register(_reg_name, _nfnet, variant=_variant, stochdepth_rate=0.25)

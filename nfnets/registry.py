@@ -1,39 +1,142 @@
 """Build any model by name: ``create_model('nfnet_f1', num_classes=1000)``.
 
-Every family registers a constructor that returns a Haiku module whose ``__call__(images,
-is_training, return_metrics=False)`` returns a dict with 'logits', and which has
-``count_macs(h, w)``. :class:`Model` wraps it as a ``hk.TransformedWithState`` so that models
-with state (the BatchNorm baselines) and without it share one training loop.
+Every family module registers its models with :func:`register_family`, a decorator on the
+family's network class (any callable ``(num_classes=..., **kwargs) -> hk.Module`` works),
+and ``nfnets/__init__.py`` imports the family modules, so this module imports no model code
+(only the variant tables' lookup).
+The network's ``__call__(images, is_training, return_metrics=False)`` returns a dict with
+'logits', and it has ``count_macs(h, w)``. :class:`Model` wraps it as an
+``hk.TransformedWithState`` so that models with state (the BatchNorm baselines) and without it
+share one training loop.
+
+A new family registers in a few lines, next to its class::
+
+  @registry.register_family(
+    'EfficientNet',
+    variants.EFFICIENTNET,
+    default_variant='B0',
+    models={f'efficientnet_{v.lower()}': dict(variant=v) for v in variants.EFFICIENTNET},
+  )
+  class EfficientNet(hk.Module):
+    ...
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import haiku as hk
 import jax
 import numpy as np
 
+from nfnets import variants as variant_tables
+
 ModuleFn = Callable[..., hk.Module]
 
-_REGISTRY: dict[str, tuple[ModuleFn, dict[str, Any]]] = {}
+
+def canonical_name(name: str) -> str:
+  """The registered spelling of a model name: 'NFNet-F1+' -> 'nfnet_f1_plus'."""
+  return name.strip().lower().replace('-', '_').replace('+', '_plus')
 
 
-def register(name: str, module_fn: ModuleFn, **defaults: Any) -> None:
-  """Registers ``module_fn(num_classes=..., **kwargs)`` under ``name`` with default kwargs."""
-  if name in _REGISTRY:
-    raise ValueError(f'Model {name!r} is already registered.')
-  _REGISTRY[name] = (module_fn, defaults)
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A variant's published training facts, as :class:`Model` carries them."""
+
+  train_imsize: int | None = None
+  test_imsize: int | None = None
+  drop_rate: float | None = None
+  RA_level: str | None = None  # RandAugment layers and magnitude, e.g. '405'
+  weight_decay: float | None = None
+
+  def extras(self) -> dict[str, Any]:
+    """The facts besides the resolutions that the variant defines."""
+    names = ('RA_level', 'drop_rate', 'weight_decay')
+    return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family: its constructor and variant table (see nfnets/variants.py).
+
+  ``variants`` maps a variant name (the constructor's ``variant`` argument) to its facts;
+  ``train_imsize``, ``test_imsize``, ``drop_rate``, ``RA_level`` and ``weight_decay`` there
+  become the model's :class:`Recipe`, with ``imsize`` for a table without resolutions.
+  """
+
+  label: str  # as error messages name it, e.g. 'NFNet'
+  build: ModuleFn = dataclasses.field(repr=False)
+  variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+    default_factory=dict, repr=False
+  )
+  default_variant: str | None = None
+  imsize: int | None = None
+
+  def recipe(self, kwargs: Mapping[str, Any]) -> Recipe:
+    """The recipe of the variant ``kwargs`` select; an explicit drop_rate wins."""
+    if not self.variants:
+      return Recipe()
+    variant = kwargs.get('variant', self.default_variant)
+    facts = variant_tables.lookup(self.variants, variant, self.label)
+    drop_rate = kwargs.get('drop_rate')
+    return Recipe(
+      train_imsize=facts.get('train_imsize', self.imsize),
+      test_imsize=facts.get('test_imsize', self.imsize),
+      drop_rate=facts.get('drop_rate', 0.0) if drop_rate is None else drop_rate,
+      RA_level=facts.get('RA_level'),
+      weight_decay=facts.get('weight_decay'),
+    )
+
+
+_REGISTRY: dict[str, tuple[Family, dict[str, Any]]] = {}
+
+
+def register(name: str, module_fn: ModuleFn | Family, **defaults: Any) -> None:
+  """Registers ``module_fn(num_classes=..., **kwargs)`` under ``name`` with default kwargs.
+
+  ``module_fn`` is a :class:`Family` or any constructor (a family without variants).
+  """
+  key = canonical_name(name)
+  if key in _REGISTRY:
+    raise ValueError(f'Model {key!r} is already registered.')
+  family = module_fn
+  if not isinstance(family, Family):
+    family = Family(label=key, build=module_fn)
+  _REGISTRY[key] = (family, defaults)
+
+
+def register_family(
+  label: str,
+  variants: Mapping[str, Mapping[str, Any]],
+  default_variant: str,
+  models: Mapping[str, Mapping[str, Any]],
+  imsize: int | None = None,
+) -> Callable[[ModuleFn], ModuleFn]:
+  """Class decorator: registers the decorated constructor under every name in ``models``.
+
+  Args:
+    label: the family's name in error messages, e.g. 'NFNet'.
+    variants: the family's table from nfnets/variants.py.
+    default_variant: the constructor's default ``variant``.
+    models: registered name -> constructor defaults (usually ``variant=...``).
+    imsize: train and test resolution of variants whose table entry has none.
+
+  Returns:
+    The decorator, which returns its argument unchanged.
+  """
+
+  def decorator(build: ModuleFn) -> ModuleFn:
+    family = Family(label, build, variants, default_variant, imsize)
+    for name, defaults in models.items():
+      register(name, family, **defaults)
+    return build
+
+  return decorator
 
 
 def list_models() -> list[str]:
   """Names accepted by :func:`create_model`."""
-  _import_families()
   return sorted(_REGISTRY)
-
-
-def _canonical(name: str) -> str:
-  return name.strip().lower().replace('-', '_').replace('+', '_plus')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,24 +212,18 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> Model:
   ``kwargs`` override the family's constructor arguments (drop_rate, stochdepth_rate,
   activation, width, ...).
   """
-  _import_families()
-  key = _canonical(name)
+  key = canonical_name(name)
   if key not in _REGISTRY:
     raise ValueError(f'Unknown model {name!r}; accepted: {sorted(_REGISTRY)}.')
-  module_fn, defaults = _REGISTRY[key]
+  family, defaults = _REGISTRY[key]
   merged = {**defaults, **kwargs}
-  extras = dict(getattr(module_fn, 'variant_info', lambda kw: {})(merged))
+  recipe = family.recipe(merged)
   return Model(
     name=key,
     num_classes=num_classes,
     kwargs=merged,
-    module_fn=module_fn,
-    train_imsize=extras.pop('train_imsize', None),
-    test_imsize=extras.pop('test_imsize', None),
-    extras=extras,
+    module_fn=family.build,
+    train_imsize=recipe.train_imsize,
+    test_imsize=recipe.test_imsize,
+    extras=recipe.extras(),
   )
-
-
-def _import_families() -> None:
-  # Each family module registers its models on import.
-  from nfnets import nf_regnet, nf_resnet, nfnet, resnet  # noqa: F401

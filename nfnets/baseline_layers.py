@@ -1,0 +1,144 @@
+"""Layers shared by the baselines (ResNet, SkipInit, Fixup, NFNet-BN).
+
+Plain He-initialised convolutions, BatchNorm, the official per-convolution MAC rule and the
+stem/head bookkeeping of the ResNet-layout networks.
+"""
+
+from collections.abc import Callable, Sequence
+
+import haiku as hk
+import jax
+
+from nfnets import layers, variants
+
+STRIDES = (1, 2, 2, 2)
+TOTAL_STRIDE = 32  # 7x7 conv (2) x max pool (2) x stages (1 * 2 * 2 * 2)
+HE_INIT = hk.initializers.VarianceScaling(2.0, 'fan_in', 'truncated_normal')
+
+
+def batch_norm(name: str) -> hk.BatchNorm:
+  """BatchNorm as the official baselines configure it."""
+  return hk.BatchNorm(
+    create_scale=True, create_offset=True, decay_rate=0.9, eps=1e-5, name=name
+  )
+
+
+def he_conv(
+  out_ch: int,
+  kernel: int,
+  stride: int = 1,
+  name: str | None = None,
+  with_bias: bool = False,
+  w_init=HE_INIT,
+) -> hk.Conv2D:
+  """A plain SAME convolution, He-initialised by default."""
+  return hk.Conv2D(
+    out_ch,
+    kernel_shape=kernel,
+    stride=stride,
+    padding='SAME',
+    with_bias=with_bias,
+    w_init=w_init,
+    name=name,
+  )
+
+
+def conv_macs(
+  in_ch: int,
+  out_ch: int,
+  kernel: int,
+  stride: int,
+  h: float,
+  w: float,
+  groups: int = 1,
+) -> float:
+  """The official ``count_conv_flops`` rule: out_ch * h*w / stride^2 * in_ch/groups * k^2."""
+  return out_ch * h * w / stride**2 * in_ch / groups * kernel**2
+
+
+def bottleneck_macs(
+  in_ch: int,
+  width: int,
+  out_ch: int,
+  stride: int,
+  projection: bool,
+  h: float,
+  w: float,
+) -> float:
+  """MACs of a 1x1 -> 3x3 (strided) -> 1x1 bottleneck and its projection shortcut."""
+  macs = conv_macs(in_ch, width, 1, 1, h, w) + conv_macs(
+    width, width, 3, stride, h, w
+  )
+  if projection:
+    macs += conv_macs(in_ch, out_ch, 1, stride, h, w)
+  return macs + conv_macs(width, out_ch, 1, 1, h / stride, w / stride)
+
+
+def check_common(
+  variant: str, num_classes: int, drop_rate: float
+) -> tuple[int, ...]:
+  """Validates the arguments every ResNet-layout baseline takes; returns its depths."""
+  depths = variants.lookup(variants.RESNET, variant, 'ResNet')['depth']
+  layers.check_num_classes(num_classes)
+  if not 0.0 <= drop_rate < 1.0:
+    raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
+  return depths
+
+
+def build_stages(
+  depths: Sequence[int],
+  width: float,
+  in_ch: int,
+  make_block: Callable[[int, int, int, int], hk.Module],
+) -> list[hk.Module]:
+  """The blocks of a ResNet layout, stage by stage.
+
+  ``make_block(in_ch, out_ch, stride, index)`` builds block ``index`` (counted over the
+  whole network); the first block of each stage takes the stage's stride.
+  """
+  blocks, ch, index = [], in_ch, 0
+  for base, depth, stride in zip(variants.RESNET_BASE_WIDTHS, depths, STRIDES):
+    for i in range(depth):
+      out_ch = int(base * width)
+      blocks.append(make_block(ch, out_ch, stride if i == 0 else 1, index))
+      ch, index = out_ch, index + 1
+  return blocks
+
+
+def stem_pool(x: jax.Array) -> jax.Array:
+  """The stride-2 3x3 max pool after the 7x7 stem convolution."""
+  return hk.max_pool(
+    x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
+  )
+
+
+class ResNetBase(hk.Module):
+  """Shared stem/head bookkeeping and MAC counting of the ResNet-layout baselines."""
+
+  blocks: list
+  num_classes: int
+
+  def count_macs(self, h: float, w: float) -> float:
+    """Multiply-adds of one image at ``h x w`` (official per-conv rule)."""
+    macs = conv_macs(3, self.stem_ch, 7, 2, h, w)
+    h, w = h / 4, w / 4  # stride-2 conv, stride-2 max pool
+    for block in self.blocks:
+      macs += bottleneck_macs(
+        block.in_ch,
+        block.width,
+        block.out_ch,
+        block.stride,
+        block.use_projection,
+        h,
+        w,
+      )
+      if getattr(block, 'use_se', False):
+        macs += block.se.count_macs()
+      h, w = h / block.stride, w / block.stride
+    return macs + self.blocks[-1].out_ch * self.num_classes
+
+  def head(self, out: jax.Array, is_training: bool, outputs: dict) -> dict:
+    """Pool, dropout and classifier (see layers.classifier_head)."""
+    return layers.classifier_head(
+      out, self.fc, self.drop_rate, is_training, outputs
+    )

@@ -1,0 +1,244 @@
+"""NFNet-F* with BatchNorm: every WS convolution replaced by a plain one and BatchNorm.
+
+The "F0 with BatchNorm" of the NFNet paper's speed comparison: the same widths, depths,
+blocks and grouped-conv strategy as :mod:`nfnets.nfnet`, so a timing difference isolates the
+normalization. BatchNorm statistics live in Haiku state.
+"""
+
+import math
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from nfnets import activations, cpu_conv, layers, nfnet, registry, variants
+from nfnets.baseline_layers import batch_norm, conv_macs
+
+
+class BNConv2D(hk.Module):
+  """Plain convolution (no bias) followed by BatchNorm: the NFNet-BN stand-in for WSConv2D.
+
+  The weight is HWIO under the name 'w' as in WSConv2D; grouped convolutions use the same
+  per-backend strategy (:func:`cpu_conv.grouped_conv`) so speed comparisons isolate the norm.
+  """
+
+  def __init__(
+    self,
+    output_channels: int,
+    kernel_shape: int = 1,
+    stride: int = 1,
+    feature_group_count: int = 1,
+    grouped_conv_impl: str | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.output_channels = output_channels
+    self.kernel_shape = (kernel_shape, kernel_shape)
+    self.stride = (stride, stride)
+    self.feature_group_count = feature_group_count
+    self.grouped_conv_impl = grouped_conv_impl
+    self.bn = batch_norm('batchnorm')
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    w_shape = self.kernel_shape + (
+      x.shape[-1] // self.feature_group_count,
+      self.output_channels,
+    )
+    w_init = hk.initializers.VarianceScaling(1.0, 'fan_in', 'normal')
+    w = hk.get_parameter('w', w_shape, jnp.float32, init=w_init)
+    impl = self.grouped_conv_impl or cpu_conv.default_grouped_conv_impl()
+    out = cpu_conv.grouped_conv(
+      x, w.astype(x.dtype), self.stride, 'SAME', self.feature_group_count, impl
+    )
+    return self.bn(out, is_training).astype(x.dtype)
+
+  def count_macs(self, in_ch: int, h: float, w: float) -> float:
+    return conv_macs(
+      in_ch,
+      self.output_channels,
+      self.kernel_shape[0],
+      self.stride[0],
+      h,
+      w,
+      self.feature_group_count,
+    )
+
+
+class NFNetBNBlock(hk.Module):
+  """``nfnet.NFBlock`` with every WS conv replaced by conv + BatchNorm (same shapes)."""
+
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    group_size: int,
+    stride: int,
+    beta: float,
+    alpha: float,
+    activation,
+    se_ratio: float = 0.5,
+    stochdepth_rate: float | None = None,
+    grouped_conv_impl: str | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+    self.beta, self.alpha, self.activation = beta, alpha, activation
+    width = int(out_ch * 0.5)
+    self.groups = max(1, width // group_size)
+    self.width = group_size * self.groups if width >= group_size else width
+    conv = lambda *a, **k: BNConv2D(
+      *a, grouped_conv_impl=grouped_conv_impl, **k
+    )
+    self.conv0 = conv(self.width, 1, name='conv0')
+    self.conv1 = conv(self.width, 3, stride, self.groups, name='conv1')
+    self.conv1b = conv(self.width, 3, 1, self.groups, name='conv1b')
+    self.conv2 = conv(out_ch, 1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = conv(out_ch, 1, name='conv_shortcut')
+    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
+    self.has_stochdepth = (
+      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
+    )
+    if self.has_stochdepth:
+      self.stoch_depth = layers.StochDepth(stochdepth_rate)
+
+  def __call__(
+    self, x: jax.Array, is_training: bool
+  ) -> tuple[jax.Array, jax.Array]:
+    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    if self.stride > 1:
+      shortcut = hk.avg_pool(
+        out, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1), padding='SAME'
+      )
+      shortcut = self.conv_shortcut(shortcut, is_training)
+    elif self.use_projection:
+      shortcut = self.conv_shortcut(out, is_training)
+    else:
+      shortcut = x
+    out = self.conv0(out, is_training)
+    out = self.conv1(self.activation(out), is_training)
+    out = self.conv1b(self.activation(out), is_training)
+    out = self.conv2(self.activation(out), is_training)
+    out = (self.se(out) * 2) * out
+    res_avg_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
+    if self.has_stochdepth:
+      out = self.stoch_depth(out, is_training)
+    skip_gain = hk.get_parameter('skip_gain', (), jnp.float32, init=jnp.zeros)
+    out = out * skip_gain.astype(out.dtype)
+    return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+
+  def count_macs(self, h: float, w: float) -> float:
+    macs = self.conv0.count_macs(self.in_ch, h, w)
+    macs += self.conv1.count_macs(self.width, h, w)
+    h, w = h / self.stride, w / self.stride
+    macs += self.conv1b.count_macs(self.width, h, w)
+    if self.use_projection:
+      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
+    return macs + self.se.count_macs() + self.conv2.count_macs(self.width, h, w)
+
+
+@registry.register_family(
+  'NFNet',
+  variants.NFNET,  # the NFNet's resolutions and recipe
+  default_variant='F0',
+  models={
+    registry.canonical_name(f'nfnet_{v}_bn'): dict(
+      variant=v, stochdepth_rate=0.25
+    )
+    for v in variants.NFNET
+  },
+)
+class NFNetBN(hk.Module):
+  """NFNet-F* with BatchNorm in place of weight standardization (same widths and depths)."""
+
+  def __init__(
+    self,
+    num_classes: int,
+    variant: str = 'F0',
+    width: float = 1.0,
+    se_ratio: float = 0.5,
+    alpha: float = 0.2,
+    stochdepth_rate: float = 0.1,
+    drop_rate: float | None = None,
+    activation: str = 'gelu',
+    group_size: int = 128,
+    grouped_conv_impl: str | None = None,
+    name: str = 'NFNet_BN',
+  ):
+    super().__init__(name=name)
+    params = variants.lookup(variants.NFNET, variant, 'NFNet')
+    layers.check_num_classes(num_classes)
+    self.num_classes = num_classes
+    self.activation = activations.get_activation(activation)
+    self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
+    conv = lambda *a, **k: BNConv2D(
+      *a, grouped_conv_impl=grouped_conv_impl, **k
+    )
+    ch = int(params['width'][0] * width) // 2
+    self.stem = [
+      conv(16, 3, 2, name='stem_conv0'),
+      conv(32, 3, 1, name='stem_conv1'),
+      conv(64, 3, 1, name='stem_conv2'),
+      conv(ch, 3, 2, name='stem_conv3'),
+    ]
+    self.blocks, expected_std, index = [], 1.0, 0
+    num_blocks = sum(params['depth'])
+    for block_width, depth, stride in zip(
+      params['width'], params['depth'], (1, 2, 2, 2)
+    ):
+      for i in range(depth):
+        out_ch = int(block_width * width)
+        self.blocks.append(
+          NFNetBNBlock(
+            ch,
+            out_ch,
+            group_size,
+            stride if i == 0 else 1,
+            1.0 / expected_std,
+            alpha,
+            self.activation,
+            se_ratio,
+            stochdepth_rate * index / num_blocks,
+            grouped_conv_impl,
+            name='nf_block',
+          )
+        )
+        ch, index = out_ch, index + 1
+        if i == 0:
+          expected_std = 1.0
+        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    self.final_conv = conv(2 * ch, 1, name='final_conv')
+    self.fc = layers.Linear(
+      num_classes, w_init=hk.initializers.RandomNormal(stddev=0.01)
+    )
+
+  def __call__(
+    self, x: jax.Array, is_training: bool, return_metrics: bool = False
+  ) -> dict[str, jax.Array]:
+    layers.check_images(x, nfnet.TOTAL_STRIDE)
+    outputs = {}
+    out = x
+    for i, conv in enumerate(self.stem):
+      out = conv(out, is_training)
+      if i < len(self.stem) - 1:
+        out = self.activation(out)
+    out = layers.run_blocks(
+      self.blocks, out, is_training, return_metrics, outputs
+    )
+    out = self.activation(self.final_conv(out, is_training))
+    return layers.classifier_head(
+      out, self.fc, self.drop_rate, is_training, outputs
+    )
+
+  def count_macs(self, h: float, w: float) -> float:
+    macs, ch = 0.0, 3
+    for conv in self.stem:
+      macs += conv.count_macs(ch, h, w)
+      h, w, ch = h / conv.stride[0], w / conv.stride[1], conv.output_channels
+    for block in self.blocks:
+      macs += block.count_macs(h, w)
+      h, w = h / block.stride, w / block.stride
+    macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
+    return macs + self.final_conv.output_channels * self.num_classes
