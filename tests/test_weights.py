@@ -1,5 +1,6 @@
 """Published weights in and out: official pickles, our npz, timm layouts, fine-tuning helpers."""
 
+import json
 import os
 import pickle
 
@@ -158,7 +159,7 @@ def test_dill_pickled_function_is_refused(tmp_path):
 def test_non_numeric_leaves_are_rejected():
   blob = pickle.dumps({'NFNet/~/linear': {'w': 'not an array'}})
   with pytest.raises(ValueError, match='not a numeric array'):
-    weights._as_param_tree(weights.unpickle_safely(blob), 'x')
+    weights.as_param_tree(weights.unpickle_safely(blob), 'x')
 
 
 # --- full-size F0, abstractly ----------------------------------------------------------------
@@ -251,12 +252,31 @@ def test_safetensors_round_trip_is_exact(tiny, tmp_path):
   _assert_trees_equal(weights.load_timm(path), params)
   raw = weights.load_safetensors(path)
   assert raw['stem.conv1.gain'].shape == (16, 1, 1, 1)
-  st = pytest.importorskip(
-    'safetensors.numpy'
-  )  # the reference reader, when installed
-  ref = st.load_file(str(path))
-  for k, v in raw.items():
-    np.testing.assert_array_equal(ref[k], v)
+  assert set(raw) == set(weights.to_timm(params))
+
+
+def test_safetensors_files_written_before_still_load(tmp_path):
+  # The bytes the earlier hand-written NumPy writer produced (names sorted, no metadata,
+  # header padded with spaces to 8 bytes), built here from the format's definition.
+  a = np.arange(6, dtype=np.float32).reshape(2, 3)
+  b = np.array(-1.5, np.float32)  # 0-d, as timm's skipinit_gain
+  header = {
+    'a': {'dtype': 'F32', 'shape': [2, 3], 'data_offsets': [0, 24]},
+    'b': {'dtype': 'F32', 'shape': [], 'data_offsets': [24, 28]},
+  }
+  blob = json.dumps(header, separators=(',', ':')).encode()
+  blob += b' ' * (-len(blob) % 8)
+  path = tmp_path / 'old.safetensors'
+  path.write_bytes(
+    len(blob).to_bytes(8, 'little') + blob + a.tobytes() + b.tobytes()
+  )
+  got = weights.load_safetensors(path)
+  assert sorted(got) == ['a', 'b'] and got['b'].shape == ()
+  np.testing.assert_array_equal(got['a'], a)
+  np.testing.assert_array_equal(got['b'], b)
+  path.write_bytes(b'\x80\x04not a safetensors file')
+  with pytest.raises(ValueError, match='not a readable safetensors file'):
+    weights.load_safetensors(path)
 
 
 def test_pth_without_torch_gives_a_clear_error(tiny, tmp_path, monkeypatch):
