@@ -83,7 +83,7 @@ class FixupBlock(hk.Module):
 
 
 @registry.register_family(
-  'Fixup',
+  'ResNet',  # the ResNet variant table
   variants.RESNET,
   default_variant='ResNet50',
   imsize=variants.RESNET_IMSIZE,

@@ -56,7 +56,7 @@ class SkipInitBlock(hk.Module):
 
 
 @registry.register_family(
-  'SkipInit',
+  'ResNet',  # the ResNet variant table
   variants.RESNET,
   default_variant='ResNet50',
   imsize=variants.RESNET_IMSIZE,
