@@ -1,7 +1,6 @@
-"""Smoke tests of experiments/benchmark.py's pieces on a tiny NFNet."""
+"""Smoke tests of benchmarks/train_step.py's pieces on a tiny NFNet."""
 
-import importlib.util
-import pathlib
+import importlib
 
 import haiku as hk
 import jax
@@ -9,18 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark
+from benchmarks import train_step as benchmark
 from nfnets import layers, optim, registry
 from nfnets.counting import count_model_macs
 
 
 def _load_script(name: str):
-  """scripts/<name>.py as a module (scripts/ is not a package)."""
-  path = pathlib.Path(__file__).parents[1] / 'scripts' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(name, path)
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
+  """benchmarks/<name>.py as a module."""
+  return importlib.import_module(f'benchmarks.{name}')
 
 
 class _TinyNet(hk.Module):
@@ -128,7 +123,7 @@ def _f0_conv_macs(image_size: int) -> int:
 
 
 def test_conv_peer_script_lists_every_f0_convolution():
-  # scripts/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's.
+  # benchmarks/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's.
   script = _load_script('conv_layers_vs_torch')
   assert script.conv_macs() == _f0_conv_macs(192)
   assert (
@@ -219,7 +214,7 @@ def test_out_of_memory_errors_are_recognised():
 
 
 def test_profile_script_sums_thread_time_by_op_kind():
-  # scripts/profile_train_step.py's breakdown: op events summed by kind (numbers stripped),
+  # benchmarks/profile_train_step.py's breakdown: op events summed by kind (numbers stripped),
   # per step, in ms (trace durations are microseconds); runtime events are not ops.
   script = _load_script('profile_train_step')
   events = [
@@ -242,7 +237,7 @@ def test_profile_script_sums_thread_time_by_op_kind():
 
 
 def test_cpu_vs_timm_script_reads_both_benchmarks_lines():
-  # scripts/cpu_vs_timm.py parses the two benchmarks' printed lines (as printed this session)
+  # benchmarks/cpu_vs_timm.py parses the two benchmarks' printed lines (as printed this session)
   # and divides ours by timm's within a round.
   script = _load_script('cpu_vs_timm')
   ours = script.throughputs(

@@ -8,11 +8,11 @@ known). It then times the same architecture with BatchNorm in place of weight st
 ('<model>_bn', when registered) and prints the WS/BN step-time ratio (the paper: 73.3 vs
 111.7 ms per step on TPU, NF being faster).
 
-  python -m experiments.benchmark                                  # F0, batch 8, 192/256 px
-  python -m experiments.benchmark --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
-  python -m experiments.benchmark --compare_bn=false --steps=3
-  python -m experiments.benchmark --dtype=bfloat16 --max_batch     # + the largest batch that fits
-  python -m experiments.benchmark --dtype=bfloat16 --max_batch --train=false --eval=false \
+  python -m benchmarks.train_step                                  # F0, batch 8, 192/256 px
+  python -m benchmarks.train_step --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
+  python -m benchmarks.train_step --compare_bn=false --steps=3
+  python -m benchmarks.train_step --dtype=bfloat16 --max_batch     # + the largest batch that fits
+  python -m benchmarks.train_step --dtype=bfloat16 --max_batch --train=false --eval=false \
       --compare_bn=false                                           # only the largest batch
 
 ``--max_batch`` compiles the step at two batch sizes, fits XLA's planned bytes as

@@ -6,8 +6,8 @@ processes hits both alike, and reports the median step times and their ratio. It
 optimizer update alone with and without AGC: AGC's cost scales with the parameter count, not
 with the batch, so that absolute figure predicts the ratio at any batch size.
 
-  python -m experiments.benchmark_agc --batch=8 --resolution=192   # the paper's F0 train size
-  python -m experiments.benchmark_agc                              # small default, a few minutes
+  python -m benchmarks.agc --batch=8 --resolution=192   # the paper's F0 train size
+  python -m benchmarks.agc                              # small default, a few minutes
 """
 
 import statistics

@@ -1,6 +1,6 @@
 r"""Where a CPU training step's time goes: XLA:CPU's ops by kind, and host page faults.
 
-experiments/benchmark.py gives the step's wall time; conv_layers_vs_torch.py times the
+benchmarks/train_step.py gives the step's wall time; conv_layers_vs_torch.py times the
 convolutions alone. This script accounts for the rest of the step, which is the part outside
 the convolution kernels:
 
@@ -13,7 +13,7 @@ the convolution kernels:
   ``transpose_copy_fusion`` ops mostly lay out activations batch-minor for weight-gradient
   convolutions. Thread time sums all cores, so on 2 cores it exceeds the wall time.
 
-  python scripts/profile_train_step.py --model=nfnet_f0 --batch_size=8 --image_size=192
+  python benchmarks/profile_train_step.py --model=nfnet_f0 --batch_size=8 --image_size=192
 
 Needs only the project's environment (run it with .venv/bin/python from the repository root).
 """
@@ -91,7 +91,8 @@ def main() -> None:
   import jax.numpy as jnp
 
   import nfnets
-  from experiments import benchmark, host_memory
+  from benchmarks import train_step as benchmark
+  from experiments import host_memory
 
   print(host_memory.keep_step_buffers_mapped(args.keep_step_buffers))
 

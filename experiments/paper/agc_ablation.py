@@ -8,7 +8,7 @@ several batch sizes, with the paper's recipe scaled down: SGD-Nesterov, learning
 of final test accuracy and writes a PNG: accuracy vs batch size (left, paper Fig. 2a) and vs
 clipping threshold per batch size (right, Fig. 2b).
 
-  python -m experiments.agc_ablation --out=/tmp/agc_ablation.png
+  python -m experiments.paper.agc_ablation --out=/tmp/agc_ablation.png
 
 The model's gradient is compiled once per batch size and shared by all optimizer settings.
 """
