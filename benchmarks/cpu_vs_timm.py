@@ -38,7 +38,7 @@ def ratios(ours: dict[str, float], peer: dict[str, float]) -> dict[str, float]:
   return {kind: ours[kind] / peer[kind] for kind in ours if kind in peer}
 
 
-def _run(command: list[str]) -> str:
+def run(command: list[str]) -> str:
   result = subprocess.run(
     command, cwd=ROOT, capture_output=True, text=True, check=False
   )
@@ -89,8 +89,8 @@ def main() -> None:
   ]
   per_round = []
   for index in range(1, args.rounds + 1):
-    peer = throughputs(_run(timm_command))
-    ours = throughputs(_run(ours_command))
+    peer = throughputs(run(timm_command))
+    ours = throughputs(run(ours_command))
     per_round.append(ratios(ours, peer))
     print(
       f'round {index}: '
