@@ -6,7 +6,7 @@ the convolution kernels:
 
 - the compiled step's temporary buffer and the host page faults per step (XLA:CPU allocates
   that buffer afresh for every execution; with JAX's and glibc's defaults each step faults it
-  in again, and ``--keep_step_buffers`` applies experiments/host_memory.py's fix first);
+  in again, and ``--keep_step_buffers`` applies nfnets.runtime.configure_cpu() first);
 - thread milliseconds per step by op kind, from a JAX profiler trace with XLA:CPU's per-op
   trace events (``--xla_cpu_enable_xprof_traceme``). ``ynn_fusion`` ops are what XLA:CPU
   hands to YNNPACK: the convolutions, the matrix products and some reductions;
@@ -75,7 +75,7 @@ def _parse() -> argparse.Namespace:
   parser.add_argument(
     '--keep_step_buffers',
     action='store_true',
-    help='Apply experiments/host_memory.py first, as the entry points do '
+    help='Apply nfnets.runtime.configure_cpu() first, as the entry points do '
     "(by default this profiles JAX's and glibc's defaults).",
   )
   return parser.parse_args()
@@ -92,20 +92,17 @@ def main() -> None:
 
   import nfnets
   from benchmarks import train_step as benchmark
-  from experiments import host_memory
+  from nfnets import runtime
 
-  print(host_memory.keep_step_buffers_mapped(args.keep_step_buffers))
+  print(runtime.configure_cpu(args.keep_step_buffers))
 
   model = nfnets.create_model(args.model, num_classes=1000)
-  compiled, train_state, batch, compile_seconds = (
-    benchmark._compiled_train_step(
-      model,
-      batch_size=args.batch_size,
-      image_size=args.image_size,
-      dtype=jnp.float32,
-      seed=0,
-      opt_config=None,
-    )
+  compiled, train_state, batch, compile_seconds = benchmark.compiled_train_step(
+    model,
+    batch_size=args.batch_size,
+    image_size=args.image_size,
+    dtype=jnp.float32,
+    seed=0,
   )
   memory = compiled.memory_analysis()
   print(
@@ -115,10 +112,10 @@ def main() -> None:
     f'{memory.argument_size_in_bytes / 2**30:.2f} GiB'
   )
   for _ in range(2):
-    train_state, _, _ = benchmark._timed_loop(compiled, train_state, batch, 1)
+    train_state, _, _ = benchmark.timed_loop(compiled, train_state, batch, 1)
 
   faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  train_state, seconds, cpu_seconds = benchmark._timed_loop(
+  train_state, seconds, cpu_seconds = benchmark.timed_loop(
     compiled, train_state, batch, args.steps
   )
   faults = (
@@ -132,7 +129,7 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      train_state, seconds, _ = benchmark._timed_loop(
+      train_state, seconds, _ = benchmark.timed_loop(
         compiled, train_state, batch, args.steps
       )
     trace = next(pathlib.Path(trace_dir).rglob('*.trace.json.gz'))

@@ -35,12 +35,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from absl import app, flags, logging
 
 import nfnets
-from experiments import host_memory
+from experiments import train
+from experiments.configs import common
 from nfnets import counting, layers, optim
 
 # Dense peak FLOP/s per device (no sparsity), by dtype, from the vendors' data sheets.
@@ -103,71 +104,38 @@ def peak_memory_bytes(device: jax.Device) -> tuple[int | None, str]:
   return int(rss if sys.platform == 'darwin' else rss * 1024), 'host peak RSS'
 
 
-def softmax_cross_entropy(
-  logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.1
-) -> jax.Array:
-  """Mean cross-entropy with label smoothing (the paper's 0.1), in float32."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-  return -jnp.mean(
-    jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)
-  )
+def step_config(dtype: Any = jnp.float32) -> ml_collections.ConfigDict:
+  """The training config the timed step runs: the paper's recipe (label smoothing 0.1, AGC,
+  SGD with Nesterov momentum and weight decay, EMA), activations in ``dtype``."""
+  config = common.base_config()
+  config.bfloat16 = jnp.dtype(dtype) == jnp.bfloat16
+  return config
 
 
 def build_train_step(
-  model, opt_config, *, params, batch_size: int, dtype: Any = jnp.float32
-) -> tuple[Callable, optax.GradientTransformation]:
-  """A jitted ``step(train_state, images, labels) -> (train_state, metrics)``.
+  model, config: ml_collections.ConfigDict, *, params, batch_size: int
+) -> tuple[Callable, Any]:
+  """The trainer's step (``train.make_jitted_train_step``) and its optimizer.
 
-  ``train_state`` is ``(params, state, opt_state, ema_params, step, rng)`` and is donated, so
-  XLA updates the weights in place. Activations run in ``dtype`` (images are cast on entry;
-  layers cast their float32 weights to the input's dtype); parameters, gradients, AGC, the
-  optimizer and the EMA stay float32.
+  ``step(state, batch) -> (state, metrics)`` with a ``train.TrainState`` (donated, so XLA
+  updates the weights in place) and a batch ``{'images', 'labels'}``. Activations run in
+  the config's dtype; parameters, gradients, AGC, the optimizer and the EMA stay float32.
   """
-  tx, _ = optim.build_optimizer(
-    opt_config,
+  optimizer, schedule = optim.build_optimizer(
+    config.optimizer,
     params=params,
     total_steps=10_000,
     warmup_steps=100,
     global_batch_size=batch_size,
   )
-
-  def loss_fn(params, state, rng, images, labels):
-    out, state = model.apply(
-      params, state, rng, images.astype(dtype), is_training=True
-    )
-    return softmax_cross_entropy(out['logits'], labels), state
-
-  def step(train_state, images, labels):
-    params, state, opt_state, ema_params, step_count, rng = train_state
-    rng, step_rng = jax.random.split(rng)
-    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, state, step_rng, images, labels
-    )
-    updates, opt_state = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    ema_params = optim.ema_update(
-      ema_params, new_params, step_count, opt_config.ema_decay
-    )
-    metrics = {'loss': loss}
-    metrics.update(optim.clip_stats(grads, params, opt_config))
-    return (
-      new_params,
-      state,
-      opt_state,
-      ema_params,
-      step_count + 1,
-      rng,
-    ), metrics
-
-  return jax.jit(step, donate_argnums=0), tx
+  step = train.make_jitted_train_step(model, optimizer, schedule, config)
+  return step, optimizer
 
 
 def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
   """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode.
 
-  As experiment.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
+  As train.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
   weight standardization happens once per evaluation, outside the per-batch forward.
   """
 
@@ -181,7 +149,7 @@ def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
   return jax.jit(forward)
 
 
-def _timed_loop(
+def timed_loop(
   fn: Callable, carry: Any, args: tuple, steps: int
 ) -> tuple[Any, float, float]:
   """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end.
@@ -198,39 +166,39 @@ def _timed_loop(
   return carry, time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def _compiled_train_step(
+def compiled_train_step(
   model,
   *,
   batch_size: int,
   image_size: int,
   dtype: Any,
   seed: int,
-  opt_config,
+  config: ml_collections.ConfigDict | None = None,
   compiler_options: dict | None = None,
-) -> tuple[Any, tuple, tuple, float]:
-  """Builds the train state and compiles the step: ``(compiled, train_state, batch, secs)``."""
-  opt_config = opt_config or optim.default_config()
+) -> tuple[Any, train.TrainState, tuple, float]:
+  """Builds the train state and compiles the step: ``(compiled, state, (batch,), secs)``.
+
+  The parameters come from ``config.seed`` (as in training), the synthetic batch from
+  ``seed``; ``config`` defaults to :func:`step_config` for ``dtype``.
+  """
+  config = config or step_config(dtype)
   rng = jax.random.PRNGKey(seed)
-  images = jax.random.normal(
-    rng, (batch_size, image_size, image_size, 3), jnp.float32
+  batch = {
+    'images': jax.random.normal(
+      rng, (batch_size, image_size, image_size, 3), jnp.float32
+    ),
+    'labels': jax.random.randint(rng, (batch_size,), 0, model.num_classes),
+  }
+  step, optimizer = build_train_step(
+    model,
+    config,
+    params=model.param_shapes(image_size),
+    batch_size=batch_size,
   )
-  labels = jax.random.randint(rng, (batch_size,), 0, model.num_classes)
-  params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
-  step, tx = build_train_step(
-    model, opt_config, params=params, batch_size=batch_size, dtype=dtype
-  )
-  ema_params = jax.tree_util.tree_map(jnp.copy, params)
-  train_state = (
-    params,
-    state,
-    tx.init(params),
-    ema_params,
-    jnp.zeros((), jnp.int32),
-    rng,
-  )
+  state = train.init_state(model, optimizer, config, image_size)
   start = time.perf_counter()
-  compiled = step.lower(train_state, images, labels).compile(compiler_options)
-  return compiled, train_state, (images, labels), time.perf_counter() - start
+  compiled = step.lower(state, batch).compile(compiler_options)
+  return compiled, state, (batch,), time.perf_counter() - start
 
 
 def time_train_step(
@@ -243,19 +211,19 @@ def time_train_step(
   warmup: int = 1,
   repeats: int = 1,
   seed: int = 0,
-  opt_config=None,
+  config: ml_collections.ConfigDict | None = None,
 ) -> Timing:
   """Compiles and times the training step; returns the median seconds per step.
 
   ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
   """
-  compiled, train_state, batch, compile_seconds = _compiled_train_step(
+  compiled, train_state, batch, compile_seconds = compiled_train_step(
     model,
     batch_size=batch_size,
     image_size=image_size,
     dtype=dtype,
     seed=seed,
-    opt_config=opt_config,
+    config=config,
   )
   # Logged before running so that a run cut short still says where its time went.
   logging.info(
@@ -264,11 +232,11 @@ def time_train_step(
     compile_seconds,
   )
   for _ in range(warmup):
-    train_state, _, _ = _timed_loop(compiled, train_state, batch, 1)
+    train_state, _, _ = timed_loop(compiled, train_state, batch, 1)
   logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
   times, cpu_times = [], []
   for _ in range(repeats):
-    train_state, seconds, cpu = _timed_loop(compiled, train_state, batch, steps)
+    train_state, seconds, cpu = timed_loop(compiled, train_state, batch, steps)
     times.append(seconds / steps)
     cpu_times.append(cpu / steps)
   return Timing(
@@ -288,7 +256,7 @@ def planned_train_step_bytes(
   batch_size: int,
   image_size: int,
   dtype: Any = jnp.float32,
-  opt_config=None,
+  config: ml_collections.ConfigDict | None = None,
 ) -> int:
   """Device bytes XLA plans for one training step (compiled, not run).
 
@@ -300,13 +268,13 @@ def planned_train_step_bytes(
   options = (
     {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
   )
-  compiled, _, _, seconds = _compiled_train_step(
+  compiled, _, _, seconds = compiled_train_step(
     model,
     batch_size=batch_size,
     image_size=image_size,
     dtype=dtype,
     seed=0,
-    opt_config=opt_config,
+    config=config,
     compiler_options=options,
   )
   stats = compiled.memory_analysis()
@@ -411,13 +379,13 @@ def time_eval_step(
   start = time.perf_counter()
   compiled = forward.lower(params, state, images).compile()
   compile_seconds = time.perf_counter() - start
-  # Thread params through a trivial carry so _timed_loop's interface fits.
+  # Thread params through a trivial carry so timed_loop's interface fits.
   fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
   for _ in range(warmup):
-    _timed_loop(fn, None, (params, state, images), 1)
+    timed_loop(fn, None, (params, state, images), 1)
   times, cpu_times = [], []
   for _ in range(repeats):
-    _, seconds, cpu = _timed_loop(fn, None, (params, state, images), steps)
+    _, seconds, cpu = timed_loop(fn, None, (params, state, images), steps)
     times.append(seconds / steps)
     cpu_times.append(cpu / steps)
   return Timing(
@@ -576,7 +544,7 @@ _CPU_PEAK = flags.DEFINE_float(
 
 def main(argv):
   del argv
-  host_memory.apply_from_flags()
+  train.configure_runtime()
   layers.set_grouped_conv_impl(_GROUPED.value)
   device = jax.devices()[0]
   dtype_name = _DTYPE.value
