@@ -488,68 +488,71 @@ def bn_variant(name: str) -> str | None:
   return bn_name if bn_name in nfnets.list_models() else None
 
 
-_MODEL = flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
-_BATCH = flags.DEFINE_integer(
-  'batch_size', 8, 'Images per training / eval step.'
-)
-_IMAGE = flags.DEFINE_integer(
-  'image_size', None, "Train resolution (default: the model's)."
-)
-_EVAL_IMAGE = flags.DEFINE_integer(
-  'eval_image_size',
-  None,
-  "Eval resolution (default: the model's test resolution).",
-)
-_DTYPE = flags.DEFINE_enum(
-  'dtype', 'float32', list(DTYPES), 'Activation dtype.'
-)
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
-_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
-_REPEATS = flags.DEFINE_integer(
-  'repeats', 1, 'Timed loops; the median per-step time is used.'
-)
-_COMPARE_BN = flags.DEFINE_bool(
-  'compare_bn', True, 'Also time the BatchNorm variant.'
-)
-_TRAIN = flags.DEFINE_bool(
-  'train',
-  True,
-  'Time the train step at --batch_size (off: only --max_batch / --eval).',
-)
-_EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
-_GROUPED = flags.DEFINE_enum(
-  'grouped_conv_impl',
-  None,
-  list(layers.GROUPED_CONV_IMPLS),
-  'Grouped-conv strategy (default: per backend).',
-)
-_WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
-_MAX_BATCH = flags.DEFINE_bool(
-  'max_batch', False, 'Also time the train step at the largest batch that fits.'
-)
-_MEMORY_GIB = flags.DEFINE_float(
-  'memory_gib',
-  None,
-  'Memory for --max_batch (default: the device allocator limit).',
-)
-_PLAN_FRACTION = flags.DEFINE_float(
-  'plan_fraction',
-  PLAN_FRACTION,
-  'Fraction of that memory the --max_batch step may plan (XLA:GPU rematerializes above 95%).',
-)
-_CPU_PEAK = flags.DEFINE_float(
-  'cpu_peak_gflops', None, 'Peak GFLOP/s of this CPU, to report an MFU on CPU.'
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so other benchmarks can import this module."""
+  flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
+  flags.DEFINE_integer('batch_size', 8, 'Images per training / eval step.')
+  flags.DEFINE_integer(
+    'image_size', None, "Train resolution (default: the model's)."
+  )
+  flags.DEFINE_integer(
+    'eval_image_size',
+    None,
+    "Eval resolution (default: the model's test resolution).",
+  )
+  flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Activation dtype.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
+  flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
+  flags.DEFINE_integer(
+    'repeats', 1, 'Timed loops; the median per-step time is used.'
+  )
+  flags.DEFINE_bool('compare_bn', True, 'Also time the BatchNorm variant.')
+  flags.DEFINE_bool(
+    'train',
+    True,
+    'Time the train step at --batch_size (off: only --max_batch / --eval).',
+  )
+  flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
+  flags.DEFINE_enum(
+    'grouped_conv_impl',
+    None,
+    list(layers.GROUPED_CONV_IMPLS),
+    'Grouped-conv strategy (default: per backend).',
+  )
+  flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
+  flags.DEFINE_bool(
+    'max_batch',
+    False,
+    'Also time the train step at the largest batch that fits.',
+  )
+  flags.DEFINE_float(
+    'memory_gib',
+    None,
+    'Memory for --max_batch (default: the device allocator limit).',
+  )
+  flags.DEFINE_float(
+    'plan_fraction',
+    PLAN_FRACTION,
+    'Fraction of that memory the --max_batch step may plan (XLA:GPU rematerializes above 95%).',
+  )
+  flags.DEFINE_float(
+    'cpu_peak_gflops',
+    None,
+    'Peak GFLOP/s of this CPU, to report an MFU on CPU.',
+  )
 
 
 def main(argv):
   del argv
   train.configure_runtime()
-  layers.set_grouped_conv_impl(_GROUPED.value)
+  layers.set_grouped_conv_impl(FLAGS.grouped_conv_impl)
   device = jax.devices()[0]
-  dtype_name = _DTYPE.value
+  dtype_name = FLAGS.dtype
   dtype = DTYPES[dtype_name]
-  cpu_peak = _CPU_PEAK.value * 1e9 if _CPU_PEAK.value else None
+  cpu_peak = FLAGS.cpu_peak_gflops * 1e9 if FLAGS.cpu_peak_gflops else None
   peak = device_peak_flops(device, dtype_name, cpu_peak)
   logging.info(
     'Device: %s (%s), %d devices; grouped conv: %s',
@@ -564,40 +567,40 @@ def main(argv):
     f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}'
   )
 
-  if not _TRAIN.value and _COMPARE_BN.value:
+  if not FLAGS.train and FLAGS.compare_bn:
     raise app.UsageError(
       '--compare_bn compares training steps: it needs --train.'
     )
-  names = [_MODEL.value]
-  if _COMPARE_BN.value:
-    bn_name = bn_variant(_MODEL.value)
+  names = [FLAGS.model]
+  if FLAGS.compare_bn:
+    bn_name = bn_variant(FLAGS.model)
     if bn_name is None:
       print(
-        f'BatchNorm variant {_MODEL.value}_bn is not registered: skipping the '
+        f'BatchNorm variant {FLAGS.model}_bn is not registered: skipping the '
         f'WS-vs-BN comparison.'
       )
     else:
       names.append(bn_name)
-  kwargs = dict(width=_WIDTH.value) if _WIDTH.value != 1.0 else {}
+  kwargs = dict(width=FLAGS.width) if FLAGS.width != 1.0 else {}
   train_times = {}
   for name in names:
     model = nfnets.create_model(name, num_classes=1000, **kwargs)
-    train_size = _IMAGE.value or model.train_imsize
-    eval_size = _EVAL_IMAGE.value or model.test_imsize
+    train_size = FLAGS.image_size or model.train_imsize
+    eval_size = FLAGS.eval_image_size or model.test_imsize
     print(
       f'{name}: {counting.count_params(model.param_shapes(train_size)) / 1e6:.2f}M '
       f'params, {counting.count_model_macs(model, train_size) / 1e9:.2f} GMACs at '
       f'{train_size}px'
     )
-    if _TRAIN.value:
+    if FLAGS.train:
       timing = time_train_step(
         model,
-        batch_size=_BATCH.value,
+        batch_size=FLAGS.batch_size,
         image_size=train_size,
         dtype=dtype,
-        steps=_STEPS.value,
-        warmup=_WARMUP.value,
-        repeats=_REPEATS.value,
+        steps=FLAGS.steps,
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
       )
       train_times[name] = timing.seconds_per_step
       print(
@@ -609,18 +612,18 @@ def main(argv):
         f'{name} peak memory after the train step ({what}, process high-water '
         f'mark): {mem / 2**30:.2f} GiB'
       )
-    if _EVAL.value:
+    if FLAGS.eval:
       timing = time_eval_step(
         model,
-        batch_size=_BATCH.value,
+        batch_size=FLAGS.batch_size,
         image_size=eval_size,
         dtype=dtype,
-        steps=_STEPS.value,
-        warmup=_WARMUP.value,
-        repeats=_REPEATS.value,
+        steps=FLAGS.steps,
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
       )
       print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
-  if _MAX_BATCH.value:
+  if FLAGS.max_batch:
     _report_largest_batch(
       nfnets.create_model(names[0], num_classes=1000, **kwargs),
       device,
@@ -640,8 +643,8 @@ def _report_largest_batch(
 ) -> None:
   """Prints the memory fit and the train-step timing at the largest batch that fits."""
   memory = (
-    _MEMORY_GIB.value * 2**30
-    if _MEMORY_GIB.value
+    FLAGS.memory_gib * 2**30
+    if FLAGS.memory_gib
     else device_memory_bytes(device)
   )
   if memory is None:
@@ -649,21 +652,21 @@ def _report_largest_batch(
       f'--max_batch: {device.platform} reports no memory limit; '
       f'pass --memory_gib.'
     )
-  train_size = _IMAGE.value or model.train_imsize
+  train_size = FLAGS.image_size or model.train_imsize
   fit, planned, timing = time_largest_batch(
     model,
     image_size=train_size,
     dtype=dtype,
     memory_bytes=memory,
-    plan_fraction=_PLAN_FRACTION.value,
-    steps=_STEPS.value,
-    warmup=_WARMUP.value,
-    repeats=_REPEATS.value,
+    plan_fraction=FLAGS.plan_fraction,
+    steps=FLAGS.steps,
+    warmup=FLAGS.warmup,
+    repeats=FLAGS.repeats,
   )
   # The batch that ran can be below the plan's if the plan's batch ran out of memory.
   print(
     f'{model.name} memory plan at {train_size}px: {fit.fixed_bytes / 2**30:.2f} GiB fixed '
-    f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {_PLAN_FRACTION.value:.0%} of '
+    f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {FLAGS.plan_fraction:.0%} of '
     f'{memory / 2**30:.1f} GiB available -> planned {planned}, largest batch '
     f'{timing.batch_size}'
   )
@@ -679,4 +682,5 @@ def _report_largest_batch(
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

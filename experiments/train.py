@@ -603,64 +603,56 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
-def train_and_evaluate(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  *,
-  stop_at_step: int | None = None,
-  batches_fn: Callable[[int], Iterator[dict]] | None = None,
-) -> dict:
-  """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates at the end.
+def _check_finite(
+  host_state, step: int, ckpt: checkpointing.Checkpointer
+) -> None:
+  """Refuses to checkpoint NaN/Inf parameters (the previous checkpoint stays the newest)."""
+  for name in ('params', 'ema_params'):
+    leaves = jax.tree_util.tree_leaves(getattr(host_state, name))
+    if not all(
+      np.all(np.isfinite(x))
+      for x in leaves
+      if np.issubdtype(np.asarray(x).dtype, np.floating)
+    ):
+      latest = ckpt.latest_step()
+      raise FloatingPointError(
+        f'{name} hold NaN/Inf after step {step}; stopping without saving. The newest '
+        f'checkpoint ({"none" if latest is None else f"step {latest}"}) in '
+        f'{ckpt.directory} holds the last good state and was left as is. Lower '
+        'config.optimizer.lr_per_256 or enable AGC (config.optimizer.clipping).'
+      )
 
-  Returns {'history': [(step, metrics)] at log steps, 'eval': final eval metrics or None,
-  'state': the final host TrainState, 'stopped_early': bool}. ``batches_fn(start_step)``
-  replaces the configured input pipeline (tests, custom data).
-  """
-  setup = build_setup(config)
-  logging.info('Config:\n%s', config)
+
+def _evaluate(
+  evaluator, rstate, config, setup: Setup, step: int, writer: _Writer
+) -> dict:
+  params = rstate.ema_params if config.optimizer.use_ema else rstate.params
+  result = evaluator.run(
+    params,
+    rstate.model_state,
+    split=config.eval_split,
+    image_size=setup.eval_imsize,
+  )
   logging.info(
-    '%s: %d steps (%.1f epochs of %.0f steps), warmup %d, %d devices on %d '
-    'process(es), per-device batch %d, %d px train / %d px eval.',
-    config.model,
-    setup.total_steps,
-    setup.total_steps / setup.steps_per_epoch,
-    setup.steps_per_epoch,
-    setup.warmup_steps,
-    jax.device_count(),
-    jax.process_count(),
-    setup.per_device_batch,
-    setup.train_imsize,
+    'eval step %d on %s (%s params, %d px): top1 %.4f  top5 %.4f  loss %.4f  '
+    '(%d images, %.1f img/s)',
+    step,
+    config.eval_split,
+    'EMA' if config.optimizer.use_ema else 'raw',
     setup.eval_imsize,
+    result['top1'],
+    result['top5'],
+    result['loss'],
+    result['count'],
+    result['images_per_sec'],
   )
-  template = init_state(
-    setup.model, setup.optimizer, config, setup.train_imsize
-  )
-  ckpt = checkpointing.Checkpointer(
-    os.path.join(workdir, 'checkpoints'),
-    max_to_keep=config.max_to_keep,
-    identity=setup.identity,
-  )
-  restored = ckpt.restore(template)
-  state = restored if restored is not None else jax.device_get(template)
-  start = int(state.step)
-  if start == 0:
-    logging.info(
-      'Parameter groups:\n%s',
-      optim.describe_param_groups(state.params, config.optimizer),
-    )
-  else:
-    logging.info('Resuming at step %d.', start)
-  writer = _Writer(workdir)
-  stop = _StopFlag()
-  previous_handler = signal.signal(signal.SIGTERM, stop)
-  try:
-    return _loop(
-      config, setup, state, start, ckpt, writer, stop, stop_at_step, batches_fn
-    )
-  finally:
-    signal.signal(signal.SIGTERM, previous_handler)
-    writer.close()
-    ckpt.close()
+  writer.scalars(step, result, 'eval')
+  return result
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 def _loop(
@@ -782,56 +774,64 @@ def _loop(
   }
 
 
-def _check_finite(
-  host_state, step: int, ckpt: checkpointing.Checkpointer
-) -> None:
-  """Refuses to checkpoint NaN/Inf parameters (the previous checkpoint stays the newest)."""
-  for name in ('params', 'ema_params'):
-    leaves = jax.tree_util.tree_leaves(getattr(host_state, name))
-    if not all(
-      np.all(np.isfinite(x))
-      for x in leaves
-      if np.issubdtype(np.asarray(x).dtype, np.floating)
-    ):
-      latest = ckpt.latest_step()
-      raise FloatingPointError(
-        f'{name} hold NaN/Inf after step {step}; stopping without saving. The newest '
-        f'checkpoint ({"none" if latest is None else f"step {latest}"}) in '
-        f'{ckpt.directory} holds the last good state and was left as is. Lower '
-        'config.optimizer.lr_per_256 or enable AGC (config.optimizer.clipping).'
-      )
-
-
-def _evaluate(
-  evaluator, rstate, config, setup: Setup, step: int, writer: _Writer
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  stop_at_step: int | None = None,
+  batches_fn: Callable[[int], Iterator[dict]] | None = None,
 ) -> dict:
-  params = rstate.ema_params if config.optimizer.use_ema else rstate.params
-  result = evaluator.run(
-    params,
-    rstate.model_state,
-    split=config.eval_split,
-    image_size=setup.eval_imsize,
-  )
+  """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates at the end.
+
+  Returns {'history': [(step, metrics)] at log steps, 'eval': final eval metrics or None,
+  'state': the final host TrainState, 'stopped_early': bool}. ``batches_fn(start_step)``
+  replaces the configured input pipeline (tests, custom data).
+  """
+  setup = build_setup(config)
+  logging.info('Config:\n%s', config)
   logging.info(
-    'eval step %d on %s (%s params, %d px): top1 %.4f  top5 %.4f  loss %.4f  '
-    '(%d images, %.1f img/s)',
-    step,
-    config.eval_split,
-    'EMA' if config.optimizer.use_ema else 'raw',
+    '%s: %d steps (%.1f epochs of %.0f steps), warmup %d, %d devices on %d '
+    'process(es), per-device batch %d, %d px train / %d px eval.',
+    config.model,
+    setup.total_steps,
+    setup.total_steps / setup.steps_per_epoch,
+    setup.steps_per_epoch,
+    setup.warmup_steps,
+    jax.device_count(),
+    jax.process_count(),
+    setup.per_device_batch,
+    setup.train_imsize,
     setup.eval_imsize,
-    result['top1'],
-    result['top5'],
-    result['loss'],
-    result['count'],
-    result['images_per_sec'],
   )
-  writer.scalars(step, result, 'eval')
-  return result
-
-
-def _hms(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+  template = init_state(
+    setup.model, setup.optimizer, config, setup.train_imsize
+  )
+  ckpt = checkpointing.Checkpointer(
+    os.path.join(workdir, 'checkpoints'),
+    max_to_keep=config.max_to_keep,
+    identity=setup.identity,
+  )
+  restored = ckpt.restore(template)
+  state = restored if restored is not None else jax.device_get(template)
+  start = int(state.step)
+  if start == 0:
+    logging.info(
+      'Parameter groups:\n%s',
+      optim.describe_param_groups(state.params, config.optimizer),
+    )
+  else:
+    logging.info('Resuming at step %d.', start)
+  writer = _Writer(workdir)
+  stop = _StopFlag()
+  previous_handler = signal.signal(signal.SIGTERM, stop)
+  try:
+    return _loop(
+      config, setup, state, start, ckpt, writer, stop, stop_at_step, batches_fn
+    )
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    writer.close()
+    ckpt.close()
 
 
 # ----------------------------------------------------------------------------
