@@ -32,9 +32,10 @@ setuptools.setup(
   long_description_content_type='text/markdown',
   license='Apache-2.0',
   python_requires='>=3.10',
-  packages=setuptools.find_packages(
-    include=['nfnets*', 'experiments*', 'data*']
-  ),
+  # Only the library: data/, experiments/ and benchmarks/ run from the checkout
+  # (`python -m experiments.train ...`), so installing never claims generic
+  # top-level names such as `data` in site-packages.
+  packages=setuptools.find_packages(include=['nfnets', 'nfnets.*']),
   package_data={'': ['*.json', '*.npz']},
   install_requires=INSTALL_REQUIRES,
   extras_require={

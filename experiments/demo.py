@@ -15,7 +15,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from experiments import config_lib, host_memory, train
+from experiments import config_lib, train
 
 # --config and --workdir are train.py's flags; here --config defaults to 'demo' and --workdir
 # to a fresh temporary directory (every run trains from scratch; pass a dir to resume there).
@@ -29,13 +29,13 @@ _CACHE = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  host_memory.apply_from_flags()
+  train.configure_runtime()
   start = time.time()
   if _CACHE.value:
     jax.config.update('jax_compilation_cache_dir', _CACHE.value)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  config = train._CONFIG.value
-  workdir = train._WORKDIR.value or tempfile.mkdtemp(prefix='nfnets_demo_')
+  config = train.CONFIG.value
+  workdir = train.WORKDIR.value or tempfile.mkdtemp(prefix='nfnets_demo_')
   logging.info('Demo workdir: %s', workdir)
   result = train.train_and_evaluate(config, workdir)
   ev = result['eval']

@@ -10,18 +10,13 @@ counts exactly once: the last batch is padded and the padding masked out.
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from data import pipeline
-from experiments import experiment, host_memory
+from experiments import config_lib, evaluate, train
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config',
-  None,
-  'Config name (e.g. nfnet_f1, demo) or path/to/config.py[:arg].',
-  lock_config=False,
-)
-_WORKDIR = flags.DEFINE_string('workdir', None, "The training run's --workdir.")
+# --config and --workdir (the training run's) are train.py's flags.
+_CONFIG = train.CONFIG
+_WORKDIR = train.WORKDIR
 _SPLIT = flags.DEFINE_enum(
   'split',
   None,
@@ -46,13 +41,13 @@ def main(argv):
     raise app.UsageError(
       'Pass --config=NAME and --workdir=DIR (or --weights=FILE).'
     )
-  host_memory.apply_from_flags()
+  train.configure_runtime()
   if _WEIGHTS.value:
-    r = experiment.evaluate_weights(
+    r = evaluate.evaluate_weights(
       _CONFIG.value, _WEIGHTS.value, split=_SPLIT.value
     )
   else:
-    r = experiment.evaluate_checkpoint(
+    r = evaluate.evaluate_checkpoint(
       _CONFIG.value, _WORKDIR.value, split=_SPLIT.value, use_ema=_USE_EMA.value
     )
   logging.info('%s', r)
@@ -65,8 +60,6 @@ def main(argv):
 
 
 def run() -> None:
-  from experiments import config_lib
-
   sys.argv = config_lib.resolve_argv(sys.argv)
   app.run(main)
 

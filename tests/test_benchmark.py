@@ -1,7 +1,6 @@
-"""Smoke tests of experiments/benchmark.py's pieces on a tiny NFNet."""
+"""Smoke tests of benchmarks/train_step.py's pieces on a tiny NFNet."""
 
-import importlib.util
-import pathlib
+import importlib
 
 import haiku as hk
 import jax
@@ -9,18 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark
+from benchmarks import train_step as benchmark
+from experiments import train
 from nfnets import layers, optim, registry
 from nfnets.counting import count_model_macs
 
 
 def _load_script(name: str):
-  """scripts/<name>.py as a module (scripts/ is not a package)."""
-  path = pathlib.Path(__file__).parents[1] / 'scripts' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(name, path)
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
+  """benchmarks/<name>.py as a module."""
+  return importlib.import_module(f'benchmarks.{name}')
 
 
 class _TinyNet(hk.Module):
@@ -50,44 +46,47 @@ def _tiny():
   )
 
 
-def test_cross_entropy_matches_closed_form():
-  logits = jnp.array([[2.0, 0.0, -1.0]])
-  logp = logits - jnp.log(jnp.sum(jnp.exp(logits)))
-  smoothed = 0.9 * np.eye(3)[0] + 0.1 / 3
-  expected = -float(jnp.sum(smoothed * logp))
-  got = float(
-    benchmark.softmax_cross_entropy(logits, jnp.array([0]), label_smoothing=0.1)
-  )
-  assert got == pytest.approx(expected, rel=1e-6)
-
-
-def test_train_step_updates_params_and_ema():
+def test_train_step_is_the_trainers_and_updates_params_and_ema():
   model = _tiny()
-  rng = jax.random.PRNGKey(0)
-  images = jax.random.normal(rng, (2, 32, 32, 3))
-  labels = jnp.array([1, 2])
-  params, state = model.init(rng, images, True)
-  step, tx = benchmark.build_train_step(
-    model, optim.default_config(), params=params, batch_size=2
+  config = benchmark.step_config()
+  compiled, state, (batch,), _ = benchmark.compiled_train_step(
+    model, batch_size=2, image_size=32, dtype=jnp.float32, seed=0, config=config
   )
-  before = jax.tree_util.tree_map(np.asarray, params)
-  train_state = (
-    params,
-    state,
-    tx.init(params),
-    jax.tree_util.tree_map(jnp.copy, params),
-    jnp.zeros((), jnp.int32),
-    rng,
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  # The trainer's own step, pmapped over one device, from the same state: what the
+  # benchmark times must be what training runs, number for number.
+  optimizer, schedule = optim.build_optimizer(
+    config.optimizer,
+    params=model.param_shapes(32),
+    total_steps=10_000,
+    warmup_steps=100,
+    global_batch_size=2,
   )
+  p_step = jax.pmap(
+    train.make_train_step(model, optimizer, schedule, config),
+    axis_name=train.AXIS,
+    devices=jax.devices()[:1],
+  )
+  rstate = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], state)
+  rbatch = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], batch)
   for _ in range(2):
-    train_state, metrics = step(train_state, images, labels)
-  new_params, _, _, ema, count, _ = train_state
-  assert int(count) == 2
-  assert np.isfinite(float(metrics['loss']))
+    rstate, p_metrics = p_step(rstate, rbatch)
+    state, metrics = compiled(state, batch)
+  assert int(state.step) == 2
+  assert float(metrics['loss']) == pytest.approx(
+    float(p_metrics['loss'][0]), rel=1e-5
+  )
+  np.testing.assert_allclose(
+    jax.tree_util.tree_leaves(state.params)[0],
+    jax.tree_util.tree_leaves(rstate.params)[0][0],
+    rtol=1e-5,
+    atol=1e-6,
+  )
   assert 0.0 <= float(metrics['agc_clip_fraction']) <= 1.0
   w = 'NFNet/~/linear'
   # Warmup lr is nonzero after step 0, so the classifier moved; EMA decay at step 1 is
   # min(0.99999, 2/11): the EMA sits between the old and new weights.
+  new_params, ema = state.params, state.ema_params
   assert np.any(np.asarray(new_params[w]['b']) != before[w]['b'])
   d = 2.0 / 11.0
   np.testing.assert_allclose(
@@ -128,7 +127,7 @@ def _f0_conv_macs(image_size: int) -> int:
 
 
 def test_conv_peer_script_lists_every_f0_convolution():
-  # scripts/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's.
+  # benchmarks/conv_layers_vs_torch.py times F0's convolutions one by one; its list must be F0's.
   script = _load_script('conv_layers_vs_torch')
   assert script.conv_macs() == _f0_conv_macs(192)
   assert (
@@ -219,7 +218,7 @@ def test_out_of_memory_errors_are_recognised():
 
 
 def test_profile_script_sums_thread_time_by_op_kind():
-  # scripts/profile_train_step.py's breakdown: op events summed by kind (numbers stripped),
+  # benchmarks/profile_train_step.py's breakdown: op events summed by kind (numbers stripped),
   # per step, in ms (trace durations are microseconds); runtime events are not ops.
   script = _load_script('profile_train_step')
   events = [
@@ -242,7 +241,7 @@ def test_profile_script_sums_thread_time_by_op_kind():
 
 
 def test_cpu_vs_timm_script_reads_both_benchmarks_lines():
-  # scripts/cpu_vs_timm.py parses the two benchmarks' printed lines (as printed this session)
+  # benchmarks/cpu_vs_timm.py parses the two benchmarks' printed lines (as printed this session)
   # and divides ours by timm's within a round.
   script = _load_script('cpu_vs_timm')
   ours = script.throughputs(

@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from experiments import experiment, train_lib
+from experiments import train
 from tests import test_train_fixtures as fx
 
 
 def _setup(**overrides):
   config = fx.tiny_config(**overrides)
-  setup = experiment.build_setup(config)
-  state = train_lib.init_state(setup.model, setup.optimizer, config, 32)
+  setup = train.build_setup(config)
+  state = train.init_state(setup.model, setup.optimizer, config, 32)
   return config, setup, state
 
 
@@ -31,10 +31,10 @@ def test_masked_padding_is_not_counted_and_metrics_match_numpy():
     }
     for i in (0, 4)
   ]
-  evaluator = experiment.Evaluator(setup.model, config)
+  evaluator = train.Evaluator(setup.model, config)
   result = evaluator.run(
-    train_lib.replicate(state.params),
-    train_lib.replicate(state.model_state),
+    train.replicate(state.params),
+    train.replicate(state.model_state),
     split='test',
     image_size=32,
     batches=batches,
@@ -68,10 +68,10 @@ def test_real_split_with_uneven_last_batch_counts_each_example_once():
   config, setup, state = _setup(
     eval_batch_size=300
   )  # 1,000 = 3 x 300 + 100 (+ padding)
-  evaluator = experiment.Evaluator(setup.model, config)
+  evaluator = train.Evaluator(setup.model, config)
   result = evaluator.run(
-    train_lib.replicate(state.params),
-    train_lib.replicate(state.model_state),
+    train.replicate(state.params),
+    train.replicate(state.model_state),
     split='test',
     image_size=32,
   )

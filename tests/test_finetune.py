@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import nfnets
-from experiments import config_lib, experiment, train, train_lib
+from experiments import config_lib, train
 from nfnets import weights
 
 TINY_KWARGS = dict(
@@ -46,8 +46,8 @@ def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path):
     ],
   )
   config.model_kwargs.update(TINY_KWARGS)
-  setup = experiment.build_setup(config)
-  state = train_lib.init_state(setup.model, setup.optimizer, config, 32)
+  setup = train.build_setup(config)
+  state = train.init_state(setup.model, setup.optimizer, config, 32)
   for module, leaves in published.items():
     for name, value in leaves.items():
       got = np.asarray(state.params[module][name])
@@ -76,7 +76,7 @@ def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path):
 def test_finetune_requires_weights():
   config = config_lib.get_config('finetune')
   with pytest.raises(ValueError, match='--config.pretrained=PATH'):
-    train_lib.init_state(experiment.build_setup(config).model, None, config, 32)
+    train.init_state(train.build_setup(config).model, None, config, 32)
 
 
 def test_finetune_rejects_weights_of_another_model(tmp_path):
@@ -84,6 +84,6 @@ def test_finetune_rejects_weights_of_another_model(tmp_path):
   config = config_lib.get_config(
     'finetune', [f'pretrained={path}']
   )  # full-width F0
-  setup = experiment.build_setup(config)
+  setup = train.build_setup(config)
   with pytest.raises(ValueError, match='does not fit nfnet_f0'):
-    train_lib.init_state(setup.model, setup.optimizer, config, 32)
+    train.init_state(setup.model, setup.optimizer, config, 32)

@@ -1,4 +1,4 @@
-"""experiments/host_memory.py: XLA:CPU's temporary buffer stays mapped from one call to the next.
+"""nfnets/runtime.py: XLA:CPU's temporary buffer stays mapped from one call to the next.
 
 Each case runs in a fresh process: the settings are process-wide, and JAX reads the dispatch
 setting when it creates its CPU client.
@@ -19,8 +19,8 @@ ROOT = pathlib.Path(__file__).parents[1]
 _SCRIPT = """
 import resource, sys
 import jax, jax.numpy as jnp
-from experiments import host_memory
-print('status:', host_memory.keep_step_buffers_mapped(sys.argv[1] == 'keep'))
+from nfnets import runtime
+print('status:', runtime.configure_cpu(sys.argv[1] == 'keep'))
 
 @jax.jit
 def f(x):
@@ -39,7 +39,7 @@ for _ in range(7):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     fractions.append(faults * resource.getpagesize() / temp)
 print('fractions:', ' '.join(f'{v:.4f}' for v in fractions))
-print('late:', host_memory.keep_step_buffers_mapped(True))
+print('late:', runtime.configure_cpu(True))
 """
 
 

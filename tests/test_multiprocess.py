@@ -107,11 +107,11 @@ def test_two_processes_match_single_process(tmp_path):
   assert multi_eval['top1'] == reference['eval']['top1']
 
   # The final checkpoint (written through orbax by both processes) holds the same params.
-  from experiments import checkpointing, experiment, train_lib
+  from experiments import checkpointing, train
 
   config = fx.tiny_config(**OVERRIDES)
-  setup = experiment.build_setup(config)
-  template = train_lib.init_state(setup.model, setup.optimizer, config, 32)
+  setup = train.build_setup(config)
+  template = train.init_state(setup.model, setup.optimizer, config, 32)
   ckpt = checkpointing.Checkpointer(
     os.path.join(workdir, 'checkpoints'), max_to_keep=5, identity=setup.identity
   )

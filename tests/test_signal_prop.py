@@ -8,7 +8,7 @@ the closed form 1 + k alpha^2 closely; later (smaller) stages are checked loosel
 import numpy as np
 import pytest
 
-from experiments import signal_prop_plot
+from experiments.paper import signal_prop as signal_prop_plot
 from nfnets import signal_prop
 
 DEPTHS = (2, 2, 2, 2)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, experiment, train, train_lib
+from experiments import checkpointing, train
 from tests import test_train_fixtures as fx
 
 
@@ -84,8 +84,8 @@ def test_checkpoint_dir_of_another_model_is_refused_and_untouched(tmp_path):
 
 def test_corrupt_newest_checkpoint_falls_back_to_older(tmp_path, caplog):
   config = fx.tiny_config()
-  setup = experiment.build_setup(config)
-  template = train_lib.init_state(setup.model, setup.optimizer, config, 32)
+  setup = train.build_setup(config)
+  template = train.init_state(setup.model, setup.optimizer, config, 32)
   ckpt = checkpointing.Checkpointer(
     str(tmp_path), max_to_keep=5, identity=setup.identity
   )
@@ -144,7 +144,7 @@ def test_loss_with_mixed_labels_and_smoothing_matches_closed_form():
     ]
   )
   np.testing.assert_allclose(
-    train_lib.train_loss(logits, batch, s), expected, rtol=1e-6
+    train.train_loss(logits, batch, s), expected, rtol=1e-6
   )
 
 

@@ -12,19 +12,19 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train_lib
+from experiments import train
 from tests import test_train_fixtures as fx
 
 _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from tests import test_train_fixtures as fx
-    from experiments import experiment, train_lib
+    from experiments import train
 
     assert jax.device_count() == 2, jax.devices()
     config = fx.tiny_config()   # no dropout: the two splits would draw different masks
-    setup = experiment.build_setup(config)
-    state = jax.device_get(train_lib.init_state(setup.model, setup.optimizer, config, 32))
-    step = train_lib.make_train_step(setup.model, setup.optimizer, setup.schedule, config)
+    setup = train.build_setup(config)
+    state = jax.device_get(train.init_state(setup.model, setup.optimizer, config, 32))
+    step = train.make_train_step(setup.model, setup.optimizer, setup.schedule, config)
     rng = np.random.RandomState(0)
     batches = [{'images': rng.randn(8, 32, 32, 3).astype(np.float32),
                 'labels': rng.randint(0, 10, 8).astype(np.int32),
@@ -33,15 +33,15 @@ _SCRIPT = textwrap.dedent("""
 
     def run(devices):
         n = len(devices)
-        p = jax.pmap(step, axis_name=train_lib.AXIS, devices=devices)
-        s = train_lib.replicate(state, devices)
+        p = jax.pmap(step, axis_name=train.AXIS, devices=devices)
+        s = train.replicate(state, devices)
         losses = []
         for b in batches:
             s, m = p(s, {k: v.reshape((n, 8 // n) + v.shape[1:]) for k, v in b.items()})
             losses.append(float(m['loss'][0]))
             for k in m:   # every replica reports the same (pmean-ed) metrics
                 np.testing.assert_array_equal(m[k][0], m[k][-1])
-        return losses, train_lib.unreplicate(s)
+        return losses, train.unreplicate(s)
 
     l1, s1 = run(jax.devices()[:1])
     l2, s2 = run(jax.devices()[:2])
@@ -54,7 +54,7 @@ _SCRIPT = textwrap.dedent("""
     assert delta > 1e-4, delta   # the step did update the params
 
     try:
-        train_lib.per_device_batch(3)
+        train.per_device_batch(3)
     except ValueError as e:
         assert 'not divisible by the 2 devices' in str(e), e
     else:
@@ -85,7 +85,7 @@ def test_prefetch_to_device_reads_ahead_and_keeps_order():
         'labels': np.array([[i, i]]),
       }
 
-  stream = train_lib.prefetch_to_device(host_batches(), size=2)
+  stream = train.prefetch_to_device(host_batches(), size=2)
   first = next(stream)
   # Batch 0 is handed out only once batches 1 and 2 are on the device too.
   assert pulled == [0, 1, 2]
@@ -96,4 +96,4 @@ def test_prefetch_to_device_reads_ahead_and_keeps_order():
     assert batch['images'].sharding.device_set == set(jax.local_devices())
     np.testing.assert_array_equal(batch['images'], np.full((1, 2, 3), i))
   with pytest.raises(ValueError, match='at least 1'):
-    next(train_lib.prefetch_to_device(host_batches(), size=0))
+    next(train.prefetch_to_device(host_batches(), size=0))

@@ -5,7 +5,7 @@ NF-ResNet (skip gains 1), feeds N(0, 1) images through the freshly initialized n
 per residual block, the average squared channel mean, the average channel variance and the
 residual-branch variance (log scale), and prints the numbers.
 
-  python -m experiments.signal_prop_plot --out=/tmp/signal_prop.png
+  python -m experiments.paper.signal_prop --out=/tmp/signal_prop.png
 
 The paper uses ResNet-600 at 224 px; the defaults (ResNet-50 layout at 1/4 width, 96 px) run
 in about a minute on two CPU cores and show the same three behaviours.

@@ -8,11 +8,11 @@ known). It then times the same architecture with BatchNorm in place of weight st
 ('<model>_bn', when registered) and prints the WS/BN step-time ratio (the paper: 73.3 vs
 111.7 ms per step on TPU, NF being faster).
 
-  python -m experiments.benchmark                                  # F0, batch 8, 192/256 px
-  python -m experiments.benchmark --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
-  python -m experiments.benchmark --compare_bn=false --steps=3
-  python -m experiments.benchmark --dtype=bfloat16 --max_batch     # + the largest batch that fits
-  python -m experiments.benchmark --dtype=bfloat16 --max_batch --train=false --eval=false \
+  python -m benchmarks.train_step                                  # F0, batch 8, 192/256 px
+  python -m benchmarks.train_step --dtype=bfloat16 --batch_size=32 # GPU, the paper's batch
+  python -m benchmarks.train_step --compare_bn=false --steps=3
+  python -m benchmarks.train_step --dtype=bfloat16 --max_batch     # + the largest batch that fits
+  python -m benchmarks.train_step --dtype=bfloat16 --max_batch --train=false --eval=false \
       --compare_bn=false                                           # only the largest batch
 
 ``--max_batch`` compiles the step at two batch sizes, fits XLA's planned bytes as
@@ -35,12 +35,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from absl import app, flags, logging
 
 import nfnets
-from experiments import host_memory
+from experiments import train
+from experiments.configs import common
 from nfnets import counting, cpu_conv, layers, optim
 
 # Dense peak FLOP/s per device (no sparsity), by dtype, from the vendors' data sheets.
@@ -103,71 +104,38 @@ def peak_memory_bytes(device: jax.Device) -> tuple[int | None, str]:
   return int(rss if sys.platform == 'darwin' else rss * 1024), 'host peak RSS'
 
 
-def softmax_cross_entropy(
-  logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.1
-) -> jax.Array:
-  """Mean cross-entropy with label smoothing (the paper's 0.1), in float32."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-  return -jnp.mean(
-    jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)
-  )
+def step_config(dtype: Any = jnp.float32) -> ml_collections.ConfigDict:
+  """The training config the timed step runs: the paper's recipe (label smoothing 0.1, AGC,
+  SGD with Nesterov momentum and weight decay, EMA), activations in ``dtype``."""
+  config = common.base_config()
+  config.bfloat16 = jnp.dtype(dtype) == jnp.bfloat16
+  return config
 
 
 def build_train_step(
-  model, opt_config, *, params, batch_size: int, dtype: Any = jnp.float32
-) -> tuple[Callable, optax.GradientTransformation]:
-  """A jitted ``step(train_state, images, labels) -> (train_state, metrics)``.
+  model, config: ml_collections.ConfigDict, *, params, batch_size: int
+) -> tuple[Callable, Any]:
+  """The trainer's step (``train.make_jitted_train_step``) and its optimizer.
 
-  ``train_state`` is ``(params, state, opt_state, ema_params, step, rng)`` and is donated, so
-  XLA updates the weights in place. Activations run in ``dtype`` (images are cast on entry;
-  layers cast their float32 weights to the input's dtype); parameters, gradients, AGC, the
-  optimizer and the EMA stay float32.
+  ``step(state, batch) -> (state, metrics)`` with a ``train.TrainState`` (donated, so XLA
+  updates the weights in place) and a batch ``{'images', 'labels'}``. Activations run in
+  the config's dtype; parameters, gradients, AGC, the optimizer and the EMA stay float32.
   """
-  tx, _ = optim.build_optimizer(
-    opt_config,
+  optimizer, schedule = optim.build_optimizer(
+    config.optimizer,
     params=params,
     total_steps=10_000,
     warmup_steps=100,
     global_batch_size=batch_size,
   )
-
-  def loss_fn(params, state, rng, images, labels):
-    out, state = model.apply(
-      params, state, rng, images.astype(dtype), is_training=True
-    )
-    return softmax_cross_entropy(out['logits'], labels), state
-
-  def step(train_state, images, labels):
-    params, state, opt_state, ema_params, step_count, rng = train_state
-    rng, step_rng = jax.random.split(rng)
-    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, state, step_rng, images, labels
-    )
-    updates, opt_state = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    ema_params = optim.ema_update(
-      ema_params, new_params, step_count, opt_config.ema_decay
-    )
-    metrics = {'loss': loss}
-    metrics.update(optim.clip_stats(grads, params, opt_config))
-    return (
-      new_params,
-      state,
-      opt_state,
-      ema_params,
-      step_count + 1,
-      rng,
-    ), metrics
-
-  return jax.jit(step, donate_argnums=0), tx
+  step = train.make_jitted_train_step(model, optimizer, schedule, config)
+  return step, optimizer
 
 
 def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
   """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode.
 
-  As experiment.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
+  As train.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
   weight standardization happens once per evaluation, outside the per-batch forward.
   """
 
@@ -181,7 +149,7 @@ def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
   return jax.jit(forward)
 
 
-def _timed_loop(
+def timed_loop(
   fn: Callable, carry: Any, args: tuple, steps: int
 ) -> tuple[Any, float, float]:
   """Runs ``carry = fn(carry, *args)[0]`` ``steps`` times, waiting only at the end.
@@ -198,39 +166,39 @@ def _timed_loop(
   return carry, time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def _compiled_train_step(
+def compiled_train_step(
   model,
   *,
   batch_size: int,
   image_size: int,
   dtype: Any,
   seed: int,
-  opt_config,
+  config: ml_collections.ConfigDict | None = None,
   compiler_options: dict | None = None,
-) -> tuple[Any, tuple, tuple, float]:
-  """Builds the train state and compiles the step: ``(compiled, train_state, batch, secs)``."""
-  opt_config = opt_config or optim.default_config()
+) -> tuple[Any, train.TrainState, tuple, float]:
+  """Builds the train state and compiles the step: ``(compiled, state, (batch,), secs)``.
+
+  The parameters come from ``config.seed`` (as in training), the synthetic batch from
+  ``seed``; ``config`` defaults to :func:`step_config` for ``dtype``.
+  """
+  config = config or step_config(dtype)
   rng = jax.random.PRNGKey(seed)
-  images = jax.random.normal(
-    rng, (batch_size, image_size, image_size, 3), jnp.float32
+  batch = {
+    'images': jax.random.normal(
+      rng, (batch_size, image_size, image_size, 3), jnp.float32
+    ),
+    'labels': jax.random.randint(rng, (batch_size,), 0, model.num_classes),
+  }
+  step, optimizer = build_train_step(
+    model,
+    config,
+    params=model.param_shapes(image_size),
+    batch_size=batch_size,
   )
-  labels = jax.random.randint(rng, (batch_size,), 0, model.num_classes)
-  params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
-  step, tx = build_train_step(
-    model, opt_config, params=params, batch_size=batch_size, dtype=dtype
-  )
-  ema_params = jax.tree_util.tree_map(jnp.copy, params)
-  train_state = (
-    params,
-    state,
-    tx.init(params),
-    ema_params,
-    jnp.zeros((), jnp.int32),
-    rng,
-  )
+  state = train.init_state(model, optimizer, config, image_size)
   start = time.perf_counter()
-  compiled = step.lower(train_state, images, labels).compile(compiler_options)
-  return compiled, train_state, (images, labels), time.perf_counter() - start
+  compiled = step.lower(state, batch).compile(compiler_options)
+  return compiled, state, (batch,), time.perf_counter() - start
 
 
 def time_train_step(
@@ -243,19 +211,19 @@ def time_train_step(
   warmup: int = 1,
   repeats: int = 1,
   seed: int = 0,
-  opt_config=None,
+  config: ml_collections.ConfigDict | None = None,
 ) -> Timing:
   """Compiles and times the training step; returns the median seconds per step.
 
   ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
   """
-  compiled, train_state, batch, compile_seconds = _compiled_train_step(
+  compiled, train_state, batch, compile_seconds = compiled_train_step(
     model,
     batch_size=batch_size,
     image_size=image_size,
     dtype=dtype,
     seed=seed,
-    opt_config=opt_config,
+    config=config,
   )
   # Logged before running so that a run cut short still says where its time went.
   logging.info(
@@ -264,11 +232,11 @@ def time_train_step(
     compile_seconds,
   )
   for _ in range(warmup):
-    train_state, _, _ = _timed_loop(compiled, train_state, batch, 1)
+    train_state, _, _ = timed_loop(compiled, train_state, batch, 1)
   logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
   times, cpu_times = [], []
   for _ in range(repeats):
-    train_state, seconds, cpu = _timed_loop(compiled, train_state, batch, steps)
+    train_state, seconds, cpu = timed_loop(compiled, train_state, batch, steps)
     times.append(seconds / steps)
     cpu_times.append(cpu / steps)
   return Timing(
@@ -288,7 +256,7 @@ def planned_train_step_bytes(
   batch_size: int,
   image_size: int,
   dtype: Any = jnp.float32,
-  opt_config=None,
+  config: ml_collections.ConfigDict | None = None,
 ) -> int:
   """Device bytes XLA plans for one training step (compiled, not run).
 
@@ -300,13 +268,13 @@ def planned_train_step_bytes(
   options = (
     {'xla_gpu_autotune_level': 0} if jax.default_backend() == 'gpu' else None
   )
-  compiled, _, _, seconds = _compiled_train_step(
+  compiled, _, _, seconds = compiled_train_step(
     model,
     batch_size=batch_size,
     image_size=image_size,
     dtype=dtype,
     seed=0,
-    opt_config=opt_config,
+    config=config,
     compiler_options=options,
   )
   stats = compiled.memory_analysis()
@@ -411,13 +379,13 @@ def time_eval_step(
   start = time.perf_counter()
   compiled = forward.lower(params, state, images).compile()
   compile_seconds = time.perf_counter() - start
-  # Thread params through a trivial carry so _timed_loop's interface fits.
+  # Thread params through a trivial carry so timed_loop's interface fits.
   fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
   for _ in range(warmup):
-    _timed_loop(fn, None, (params, state, images), 1)
+    timed_loop(fn, None, (params, state, images), 1)
   times, cpu_times = [], []
   for _ in range(repeats):
-    _, seconds, cpu = _timed_loop(fn, None, (params, state, images), steps)
+    _, seconds, cpu = timed_loop(fn, None, (params, state, images), steps)
     times.append(seconds / steps)
     cpu_times.append(cpu / steps)
   return Timing(
@@ -520,68 +488,71 @@ def bn_variant(name: str) -> str | None:
   return bn_name if bn_name in nfnets.list_models() else None
 
 
-_MODEL = flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
-_BATCH = flags.DEFINE_integer(
-  'batch_size', 8, 'Images per training / eval step.'
-)
-_IMAGE = flags.DEFINE_integer(
-  'image_size', None, "Train resolution (default: the model's)."
-)
-_EVAL_IMAGE = flags.DEFINE_integer(
-  'eval_image_size',
-  None,
-  "Eval resolution (default: the model's test resolution).",
-)
-_DTYPE = flags.DEFINE_enum(
-  'dtype', 'float32', list(DTYPES), 'Activation dtype.'
-)
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
-_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
-_REPEATS = flags.DEFINE_integer(
-  'repeats', 1, 'Timed loops; the median per-step time is used.'
-)
-_COMPARE_BN = flags.DEFINE_bool(
-  'compare_bn', True, 'Also time the BatchNorm variant.'
-)
-_TRAIN = flags.DEFINE_bool(
-  'train',
-  True,
-  'Time the train step at --batch_size (off: only --max_batch / --eval).',
-)
-_EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
-_GROUPED = flags.DEFINE_enum(
-  'grouped_conv_impl',
-  None,
-  list(cpu_conv.GROUPED_CONV_IMPLS),
-  'Grouped-conv strategy (default: per backend).',
-)
-_WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
-_MAX_BATCH = flags.DEFINE_bool(
-  'max_batch', False, 'Also time the train step at the largest batch that fits.'
-)
-_MEMORY_GIB = flags.DEFINE_float(
-  'memory_gib',
-  None,
-  'Memory for --max_batch (default: the device allocator limit).',
-)
-_PLAN_FRACTION = flags.DEFINE_float(
-  'plan_fraction',
-  PLAN_FRACTION,
-  'Fraction of that memory the --max_batch step may plan (XLA:GPU rematerializes above 95%).',
-)
-_CPU_PEAK = flags.DEFINE_float(
-  'cpu_peak_gflops', None, 'Peak GFLOP/s of this CPU, to report an MFU on CPU.'
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so other benchmarks can import this module."""
+  flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
+  flags.DEFINE_integer('batch_size', 8, 'Images per training / eval step.')
+  flags.DEFINE_integer(
+    'image_size', None, "Train resolution (default: the model's)."
+  )
+  flags.DEFINE_integer(
+    'eval_image_size',
+    None,
+    "Eval resolution (default: the model's test resolution).",
+  )
+  flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Activation dtype.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
+  flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
+  flags.DEFINE_integer(
+    'repeats', 1, 'Timed loops; the median per-step time is used.'
+  )
+  flags.DEFINE_bool('compare_bn', True, 'Also time the BatchNorm variant.')
+  flags.DEFINE_bool(
+    'train',
+    True,
+    'Time the train step at --batch_size (off: only --max_batch / --eval).',
+  )
+  flags.DEFINE_bool('eval', True, 'Also time the eval forward.')
+  flags.DEFINE_enum(
+    'grouped_conv_impl',
+    None,
+    list(cpu_conv.GROUPED_CONV_IMPLS),
+    'Grouped-conv strategy (default: per backend).',
+  )
+  flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
+  flags.DEFINE_bool(
+    'max_batch',
+    False,
+    'Also time the train step at the largest batch that fits.',
+  )
+  flags.DEFINE_float(
+    'memory_gib',
+    None,
+    'Memory for --max_batch (default: the device allocator limit).',
+  )
+  flags.DEFINE_float(
+    'plan_fraction',
+    PLAN_FRACTION,
+    'Fraction of that memory the --max_batch step may plan (XLA:GPU rematerializes above 95%).',
+  )
+  flags.DEFINE_float(
+    'cpu_peak_gflops',
+    None,
+    'Peak GFLOP/s of this CPU, to report an MFU on CPU.',
+  )
 
 
 def main(argv):
   del argv
-  host_memory.apply_from_flags()
-  cpu_conv.set_grouped_conv_impl(_GROUPED.value)
+  train.configure_runtime()
+  cpu_conv.set_grouped_conv_impl(FLAGS.grouped_conv_impl)
   device = jax.devices()[0]
-  dtype_name = _DTYPE.value
+  dtype_name = FLAGS.dtype
   dtype = DTYPES[dtype_name]
-  cpu_peak = _CPU_PEAK.value * 1e9 if _CPU_PEAK.value else None
+  cpu_peak = FLAGS.cpu_peak_gflops * 1e9 if FLAGS.cpu_peak_gflops else None
   peak = device_peak_flops(device, dtype_name, cpu_peak)
   logging.info(
     'Device: %s (%s), %d devices; grouped conv: %s',
@@ -596,40 +567,40 @@ def main(argv):
     f'{"unknown" if peak is None else f"{peak / 1e12:.1f} TFLOP/s"}'
   )
 
-  if not _TRAIN.value and _COMPARE_BN.value:
+  if not FLAGS.train and FLAGS.compare_bn:
     raise app.UsageError(
       '--compare_bn compares training steps: it needs --train.'
     )
-  names = [_MODEL.value]
-  if _COMPARE_BN.value:
-    bn_name = bn_variant(_MODEL.value)
+  names = [FLAGS.model]
+  if FLAGS.compare_bn:
+    bn_name = bn_variant(FLAGS.model)
     if bn_name is None:
       print(
-        f'BatchNorm variant {_MODEL.value}_bn is not registered: skipping the '
+        f'BatchNorm variant {FLAGS.model}_bn is not registered: skipping the '
         f'WS-vs-BN comparison.'
       )
     else:
       names.append(bn_name)
-  kwargs = dict(width=_WIDTH.value) if _WIDTH.value != 1.0 else {}
+  kwargs = dict(width=FLAGS.width) if FLAGS.width != 1.0 else {}
   train_times = {}
   for name in names:
     model = nfnets.create_model(name, num_classes=1000, **kwargs)
-    train_size = _IMAGE.value or model.train_imsize
-    eval_size = _EVAL_IMAGE.value or model.test_imsize
+    train_size = FLAGS.image_size or model.train_imsize
+    eval_size = FLAGS.eval_image_size or model.test_imsize
     print(
       f'{name}: {counting.count_params(model.param_shapes(train_size)) / 1e6:.2f}M '
       f'params, {counting.count_model_macs(model, train_size) / 1e9:.2f} GMACs at '
       f'{train_size}px'
     )
-    if _TRAIN.value:
+    if FLAGS.train:
       timing = time_train_step(
         model,
-        batch_size=_BATCH.value,
+        batch_size=FLAGS.batch_size,
         image_size=train_size,
         dtype=dtype,
-        steps=_STEPS.value,
-        warmup=_WARMUP.value,
-        repeats=_REPEATS.value,
+        steps=FLAGS.steps,
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
       )
       train_times[name] = timing.seconds_per_step
       print(
@@ -641,18 +612,18 @@ def main(argv):
         f'{name} peak memory after the train step ({what}, process high-water '
         f'mark): {mem / 2**30:.2f} GiB'
       )
-    if _EVAL.value:
+    if FLAGS.eval:
       timing = time_eval_step(
         model,
-        batch_size=_BATCH.value,
+        batch_size=FLAGS.batch_size,
         image_size=eval_size,
         dtype=dtype,
-        steps=_STEPS.value,
-        warmup=_WARMUP.value,
-        repeats=_REPEATS.value,
+        steps=FLAGS.steps,
+        warmup=FLAGS.warmup,
+        repeats=FLAGS.repeats,
       )
       print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
-  if _MAX_BATCH.value:
+  if FLAGS.max_batch:
     _report_largest_batch(
       nfnets.create_model(names[0], num_classes=1000, **kwargs),
       device,
@@ -672,8 +643,8 @@ def _report_largest_batch(
 ) -> None:
   """Prints the memory fit and the train-step timing at the largest batch that fits."""
   memory = (
-    _MEMORY_GIB.value * 2**30
-    if _MEMORY_GIB.value
+    FLAGS.memory_gib * 2**30
+    if FLAGS.memory_gib
     else device_memory_bytes(device)
   )
   if memory is None:
@@ -681,21 +652,21 @@ def _report_largest_batch(
       f'--max_batch: {device.platform} reports no memory limit; '
       f'pass --memory_gib.'
     )
-  train_size = _IMAGE.value or model.train_imsize
+  train_size = FLAGS.image_size or model.train_imsize
   fit, planned, timing = time_largest_batch(
     model,
     image_size=train_size,
     dtype=dtype,
     memory_bytes=memory,
-    plan_fraction=_PLAN_FRACTION.value,
-    steps=_STEPS.value,
-    warmup=_WARMUP.value,
-    repeats=_REPEATS.value,
+    plan_fraction=FLAGS.plan_fraction,
+    steps=FLAGS.steps,
+    warmup=FLAGS.warmup,
+    repeats=FLAGS.repeats,
   )
   # The batch that ran can be below the plan's if the plan's batch ran out of memory.
   print(
     f'{model.name} memory plan at {train_size}px: {fit.fixed_bytes / 2**30:.2f} GiB fixed '
-    f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {_PLAN_FRACTION.value:.0%} of '
+    f'+ {fit.bytes_per_image / 2**20:.1f} MiB per image; {FLAGS.plan_fraction:.0%} of '
     f'{memory / 2**30:.1f} GiB available -> planned {planned}, largest batch '
     f'{timing.batch_size}'
   )
@@ -711,4 +682,5 @@ def _report_largest_batch(
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

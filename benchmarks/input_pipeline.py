@@ -1,7 +1,7 @@
 """Host input-pipeline throughput: train images/s with and without augmentation.
 
-  python -m experiments.benchmark_input --dataset=embedded_mnist --image_size=192
-  python -m experiments.benchmark_input --dataset=imagenet2012 --data_dir=/data/tfds
+  python -m benchmarks.input_pipeline --dataset=embedded_mnist --image_size=192
+  python -m benchmarks.input_pipeline --dataset=imagenet2012 --data_dir=/data/tfds
 
 The trainer must never wait on data: compare images/s here with the model's step rate.
 """

@@ -3,15 +3,15 @@ r"""Every convolution of NFNet-F0's training step, timed alone in JAX (ours) and
 The CPU training step is bound by its convolutions (forward, input gradient, weight gradient),
 so this is the ceiling analysis behind the benchmark ratio: how fast XLA:CPU runs F0's
 convolutions, as we lower them (split groups, 1x1 as dots, stride-2 input gradients by phases;
-experiments/benchmark.py times the whole step), against the oneDNN kernels timm uses. Weight
+benchmarks/train_step.py times the whole step), against the oneDNN kernels timm uses. Weight
 standardization and activations are left out on both sides.
 
 Run it once per framework (the frameworks live in different environments), then compare:
 
-  python scripts/conv_layers_vs_torch.py --framework=jax --out=/tmp/conv_jax.json
-  /work/torchenv/bin/python scripts/conv_layers_vs_torch.py --framework=torch \
+  python benchmarks/conv_layers_vs_torch.py --framework=jax --out=/tmp/conv_jax.json
+  /work/torchenv/bin/python benchmarks/conv_layers_vs_torch.py --framework=torch \
       --out=/tmp/conv_torch.json
-  python scripts/conv_layers_vs_torch.py --compare /tmp/conv_jax.json /tmp/conv_torch.json
+  python benchmarks/conv_layers_vs_torch.py --compare /tmp/conv_jax.json /tmp/conv_torch.json
 
 Times are wall milliseconds (min over repeats) at batch 8 and F0's 192 px training resolution,
 with every thread of the machine; 'bwd' is the input plus weight gradient (no input gradient

@@ -1,13 +1,14 @@
 r"""AGC's overhead on one NFNet training step (forward, backward, optimizer), on this host.
 
-Times the same jitted train step with the paper's optimizer twice, once with AGC
+Times the trainer's step (``experiments.train.make_jitted_train_step``, through
+benchmarks/train_step.py) with the paper's optimizer twice, once with AGC
 (clipping=0.01) and once without (clipping=None), interleaving the two so that load from other
 processes hits both alike, and reports the median step times and their ratio. It also times the
 optimizer update alone with and without AGC: AGC's cost scales with the parameter count, not
 with the batch, so that absolute figure predicts the ratio at any batch size.
 
-  python -m experiments.benchmark_agc --batch=8 --resolution=192   # the paper's F0 train size
-  python -m experiments.benchmark_agc                              # small default, a few minutes
+  python -m benchmarks.agc --batch=8 --resolution=192   # the paper's F0 train size
+  python -m benchmarks.agc                              # small default, a few minutes
 """
 
 import statistics
@@ -15,11 +16,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import app, flags, logging
 
 import nfnets
-from nfnets import optim
+from benchmarks import train_step
+from nfnets import counting
 
 _MODEL = flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
 _BATCH = flags.DEFINE_integer('batch', 4, 'Images per step.')
@@ -28,23 +29,6 @@ _REPEATS = flags.DEFINE_integer(
   'repeats', 5, 'Timed steps per variant (interleaved).'
 )
 _WIDTH = flags.DEFINE_float('width', 1.0, 'Model width multiplier.')
-
-
-def _make_step(model, tx):
-  def loss_fn(params, state, rng, images, labels):
-    out, state = model.apply(params, state, rng, images, is_training=True)
-    logp = jax.nn.log_softmax(out['logits'])
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1)), state
-
-  @jax.jit
-  def step(params, state, opt_state, rng, images, labels):
-    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, state, rng, images, labels
-    )
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), state, opt_state, loss
-
-  return step
 
 
 def _time(fn, *args) -> float:
@@ -56,13 +40,7 @@ def _time(fn, *args) -> float:
 def main(argv):
   del argv
   model = nfnets.create_model(_MODEL.value, width=_WIDTH.value)
-  rng = jax.random.PRNGKey(0)
-  images = jax.random.normal(
-    rng, (_BATCH.value, _RES.value, _RES.value, 3), jnp.float32
-  )
-  labels = jnp.arange(_BATCH.value, dtype=jnp.int32) % model.num_classes
-  params, state = jax.jit(lambda r, x: model.init(r, x))(rng, images)
-  n_params = nfnets.count_params(params)
+  n_params = counting.count_params(model.param_shapes(_RES.value))
   logging.info(
     '%s: %s parameters, batch %d at %dpx',
     model.name,
@@ -73,30 +51,37 @@ def main(argv):
 
   variants = {}
   for name, clipping in (('with AGC', 0.01), ('without AGC', None)):
-    cfg = optim.default_config()
-    cfg.clipping = clipping
-    tx, _ = optim.build_optimizer(
-      cfg,
-      params=params,
-      total_steps=1000,
-      warmup_steps=10,
-      global_batch_size=_BATCH.value,
+    config = train_step.step_config(jnp.float32)
+    config.optimizer.clipping = clipping
+    step, state, (batch,), compile_s = train_step.compiled_train_step(
+      model,
+      batch_size=_BATCH.value,
+      image_size=_RES.value,
+      dtype=jnp.float32,
+      seed=0,
+      config=config,
     )
-    opt_state = tx.init(params)
-    step = _make_step(model, tx)
-    update = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p)[0])
-    compile_s = _time(step, params, state, opt_state, rng, images, labels)
+    _, optimizer = train_step.build_train_step(
+      model, config, params=state.params, batch_size=_BATCH.value
+    )
+    update = jax.jit(lambda g, s, p, tx=optimizer: tx.update(g, s, p)[0])
+    # A state of its own: the step donates its input.
+    params = jax.tree_util.tree_map(jnp.copy, state.params)
+    opt_state = jax.tree_util.tree_map(jnp.copy, state.opt_state)
     _time(update, params, opt_state, params)
-    logging.info('%s: first call (compile + run) %.1f s', name, compile_s)
-    variants[name] = (step, update, opt_state)
+    state, _ = step(state, batch)  # warm-up, untimed
+    logging.info('%s: compiled the step in %.1f s', name, compile_s)
+    variants[name] = [step, update, state, batch, params, opt_state]
 
   step_times = {k: [] for k in variants}
   update_times = {k: [] for k in variants}
   for _ in range(_REPEATS.value):
-    for name, (step, update, opt_state) in variants.items():
-      step_times[name].append(
-        _time(step, params, state, opt_state, rng, images, labels)
-      )
+    for name, variant in variants.items():
+      step, update, state, batch, params, opt_state = variant
+      start = time.perf_counter()
+      variant[2], metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+      step_times[name].append(time.perf_counter() - start)
       for _ in range(3):
         update_times[name].append(_time(update, params, opt_state, params))
 

@@ -1,19 +1,19 @@
 r"""Where a CPU training step's time goes: XLA:CPU's ops by kind, and host page faults.
 
-experiments/benchmark.py gives the step's wall time; conv_layers_vs_torch.py times the
+benchmarks/train_step.py gives the step's wall time; conv_layers_vs_torch.py times the
 convolutions alone. This script accounts for the rest of the step, which is the part outside
 the convolution kernels:
 
 - the compiled step's temporary buffer and the host page faults per step (XLA:CPU allocates
   that buffer afresh for every execution; with JAX's and glibc's defaults each step faults it
-  in again, and ``--keep_step_buffers`` applies experiments/host_memory.py's fix first);
+  in again, and ``--keep_step_buffers`` applies nfnets.runtime.configure_cpu() first);
 - thread milliseconds per step by op kind, from a JAX profiler trace with XLA:CPU's per-op
   trace events (``--xla_cpu_enable_xprof_traceme``). ``ynn_fusion`` ops are what XLA:CPU
   hands to YNNPACK: the convolutions, the matrix products and some reductions;
   ``transpose_copy_fusion`` ops mostly lay out activations batch-minor for weight-gradient
   convolutions. Thread time sums all cores, so on 2 cores it exceeds the wall time.
 
-  python scripts/profile_train_step.py --model=nfnet_f0 --batch_size=8 --image_size=192
+  python benchmarks/profile_train_step.py --model=nfnet_f0 --batch_size=8 --image_size=192
 
 Needs only the project's environment (run it with .venv/bin/python from the repository root).
 """
@@ -75,7 +75,7 @@ def _parse() -> argparse.Namespace:
   parser.add_argument(
     '--keep_step_buffers',
     action='store_true',
-    help='Apply experiments/host_memory.py first, as the entry points do '
+    help='Apply nfnets.runtime.configure_cpu() first, as the entry points do '
     "(by default this profiles JAX's and glibc's defaults).",
   )
   return parser.parse_args()
@@ -91,20 +91,18 @@ def main() -> None:
   import jax.numpy as jnp
 
   import nfnets
-  from experiments import benchmark, host_memory
+  from benchmarks import train_step as benchmark
+  from nfnets import runtime
 
-  print(host_memory.keep_step_buffers_mapped(args.keep_step_buffers))
+  print(runtime.configure_cpu(args.keep_step_buffers))
 
   model = nfnets.create_model(args.model, num_classes=1000)
-  compiled, train_state, batch, compile_seconds = (
-    benchmark._compiled_train_step(
-      model,
-      batch_size=args.batch_size,
-      image_size=args.image_size,
-      dtype=jnp.float32,
-      seed=0,
-      opt_config=None,
-    )
+  compiled, train_state, batch, compile_seconds = benchmark.compiled_train_step(
+    model,
+    batch_size=args.batch_size,
+    image_size=args.image_size,
+    dtype=jnp.float32,
+    seed=0,
   )
   memory = compiled.memory_analysis()
   print(
@@ -114,10 +112,10 @@ def main() -> None:
     f'{memory.argument_size_in_bytes / 2**30:.2f} GiB'
   )
   for _ in range(2):
-    train_state, _, _ = benchmark._timed_loop(compiled, train_state, batch, 1)
+    train_state, _, _ = benchmark.timed_loop(compiled, train_state, batch, 1)
 
   faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  train_state, seconds, cpu_seconds = benchmark._timed_loop(
+  train_state, seconds, cpu_seconds = benchmark.timed_loop(
     compiled, train_state, batch, args.steps
   )
   faults = (
@@ -131,7 +129,7 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      train_state, seconds, _ = benchmark._timed_loop(
+      train_state, seconds, _ = benchmark.timed_loop(
         compiled, train_state, batch, args.steps
       )
     trace = next(pathlib.Path(trace_dir).rglob('*.trace.json.gz'))

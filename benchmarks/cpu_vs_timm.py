@@ -1,11 +1,11 @@
 r"""Our CPU training step and eval forward against timm's, in alternating rounds, as ratios.
 
 A shared VM's speed drifts by 10% or more within minutes, so throughputs from runs far apart
-can't be compared. Each round runs timm's benchmark (scripts/benchmark_timm.py, in the torch
-environment), then ours (experiments/benchmark.py, in this one), back to back; the ratio is
+can't be compared. Each round runs timm's benchmark (benchmarks/timm_peer.py, in the torch
+environment), then ours (benchmarks/train_step.py, in this one), back to back; the ratio is
 taken within each round, and the median over rounds is reported.
 
-  .venv/bin/python scripts/cpu_vs_timm.py --torch_python=/work/torchenv/bin/python --rounds=3
+  .venv/bin/python benchmarks/cpu_vs_timm.py --torch_python=/work/torchenv/bin/python --rounds=3
 
 Prints one line per round (img/s of both and the ratio, for training and eval) and the medians.
 """
@@ -38,7 +38,7 @@ def ratios(ours: dict[str, float], peer: dict[str, float]) -> dict[str, float]:
   return {kind: ours[kind] / peer[kind] for kind in ours if kind in peer}
 
 
-def _run(command: list[str]) -> str:
+def run(command: list[str]) -> str:
   result = subprocess.run(
     command, cwd=ROOT, capture_output=True, text=True, check=False
   )
@@ -71,26 +71,26 @@ def main() -> None:
   if not pathlib.Path(args.torch_python).exists():
     raise SystemExit(
       f'--torch_python {args.torch_python} does not exist; see '
-      'scripts/benchmark_timm.py for how to make that environment.'
+      'benchmarks/timm_peer.py for how to make that environment.'
     )
   common = [
     f'--steps={args.steps}',
     f'--repeats={args.repeats}',
     f'--batch_size={args.batch_size}',
   ]
-  timm_command = [args.torch_python, 'scripts/benchmark_timm.py', *common]
+  timm_command = [args.torch_python, 'benchmarks/timm_peer.py', *common]
   ours_command = [
     sys.executable,
     '-m',
-    'experiments.benchmark',
+    'benchmarks.train_step',
     '--model=nfnet_f0',
     '--compare_bn=false',
     *common,
   ]
   per_round = []
   for index in range(1, args.rounds + 1):
-    peer = throughputs(_run(timm_command))
-    ours = throughputs(_run(ours_command))
+    peer = throughputs(run(timm_command))
+    ours = throughputs(run(ours_command))
     per_round.append(ratios(ours, peer))
     print(
       f'round {index}: '

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # NFNet-F0 training and eval speed on one NVIDIA GPU, with timm's dm_nfnet_f0 as the peer.
 #
-#   OUT=/tmp/gpu_bench bash scripts/gpu_benchmark.sh
+#   OUT=/tmp/gpu_bench bash benchmarks/gpu_benchmark.sh
 #
 # In order, each step bounded in time so that a slow one cannot starve the rest (STEPS picks
 # some, e.g. STEPS="3 4"; on an H200 steps 1-2 took 4.5 min, mostly compiling. Step 3's
 # probes took 50 + 47 s there, and compiling and running the planned batch 2336 did not end
 # within 5.5 min with cuDNN autotuning, nor within 160 s without it):
-#   1. nfnets (experiments.benchmark): bf16 training step at the paper's per-device batch 32
+#   1. nfnets (benchmarks.train_step): bf16 training step at the paper's per-device batch 32
 #      (192 px) and eval at 256 px, then the same for the BatchNorm twin (the WS/BN ratio);
 #   2. timm dm_nfnet_f0, bf16 autocast, channels-last, same batch and resolutions;
 #   3. nfnets at the largest batch that fits (XLA's memory plan at two batches, then run;
@@ -22,8 +22,8 @@ MODEL=${MODEL:-nfnet_f0}
 BATCH=${BATCH:-32}
 PYTHON=${PYTHON:-python3}
 TORCH_PYTHON=${TORCH_PYTHON:-$PYTHON}
-EXTRA=${EXTRA:-}            # more experiments.benchmark flags (--width=0.125 for a smoke run)
-TIMM_EXTRA=${TIMM_EXTRA:-}  # more scripts/benchmark_timm.py flags
+EXTRA=${EXTRA:-}            # more benchmarks.train_step flags (--width=0.125 for a smoke run)
+TIMM_EXTRA=${TIMM_EXTRA:-}  # more benchmarks/timm_peer.py flags
 # Steps 3-4 run batches of a thousand or more: fewer timed steps keep them inside the lease.
 BIG_STEPS=${BIG_STEPS:-5}
 BIG_REPEATS=${BIG_REPEATS:-2}
@@ -46,9 +46,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 "$PYTHON" -c "import jax, haiku, optax, nfnets; print('jax', jax.__version__, jax.devices())" \
   2>&1 | tee "$OUT/versions.txt" || exit 1
 
-bench=("$PYTHON" -m experiments.benchmark --model="$MODEL" --dtype=bfloat16 --steps=20
+bench=("$PYTHON" -m benchmarks.train_step --model="$MODEL" --dtype=bfloat16 --steps=20
        --repeats=3 $EXTRA)
-timm_bench=("$TORCH_PYTHON" scripts/benchmark_timm.py --model="dm_$MODEL" --dtype=bfloat16
+timm_bench=("$TORCH_PYTHON" benchmarks/timm_peer.py --model="dm_$MODEL" --dtype=bfloat16
             --channels_last --steps=20 --repeats=3 --device="${TORCH_DEVICE:-cuda}" $TIMM_EXTRA)
 
 STEPS=${STEPS:-1 2 3 4}

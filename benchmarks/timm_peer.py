@@ -1,4 +1,4 @@
-r"""timm's ``dm_nfnet_f0`` in PyTorch: the peer that experiments/benchmark.py is measured against.
+r"""timm's ``dm_nfnet_f0`` in PyTorch: the peer that benchmarks/train_step.py is measured against.
 
 Times the same work as our benchmark: a full training step (forward, backward, timm's
 adaptive gradient clipping at 0.01, SGD with Nesterov momentum 0.9 and weight decay 2e-5, an EMA
@@ -7,7 +7,7 @@ random inputs, after warm-up steps. Needs torch and timm, so it runs in its own 
 not the project's venv:
 
   python3.11 -m venv /work/torchenv && /work/torchenv/bin/pip install torch timm
-  /work/torchenv/bin/python scripts/benchmark_timm.py --batch_size=8 --image_size=192
+  /work/torchenv/bin/python benchmarks/timm_peer.py --batch_size=8 --image_size=192
 
 On a GPU, ``--device=cuda --dtype=bfloat16 --channels_last`` is timm's usual mixed-precision
 setup (autocast, fp32 master weights); the timer then synchronizes the device around each loop.

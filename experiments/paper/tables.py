@@ -1,7 +1,7 @@
 r"""Prints the papers' model tables computed from the code: parameters and GMACs.
 
-  python -m experiments.paper_tables                 # NFNets, NF-RegNets, NF-ResNets, baselines
-  python -m experiments.paper_tables --tables=nfnet  # only the NFNet table
+  python -m experiments.paper.tables                 # NFNets, NF-RegNets, NF-ResNets, baselines
+  python -m experiments.paper.tables --tables=nfnet  # only the NFNet table
 
 Parameters are counted abstractly (``jax.eval_shape``, nothing allocated); FLOPs are
 multiply-adds counted with the official per-layer rules at the training and test resolutions
