@@ -11,7 +11,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from data import pipeline
 from experiments import checkpointing, train_lib
@@ -103,7 +102,7 @@ class Evaluator:
     per_device = train_lib.per_device_batch(
       self.config.eval_batch_size, 'eval_batch_size'
     )
-    dtype = jnp.bfloat16 if self.config.bfloat16 else np.float32
+    dtype = train_lib.eval_dtype(self.config)
     return pipeline.build_input(
       self.config.dataset,
       split,

@@ -219,6 +219,8 @@ def _loop(
       image_size=setup.train_imsize,
       data_dir=config.data_dir,
       augment=config.augment,
+      augment_mode=config.get('augment_mode', 'official'),
+      augment_before_mix=config.get('augment_before_mix', True),
       dtype=data_dtype(config),
       seed=config.seed,
       start_step=start,

@@ -42,6 +42,22 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.bfloat16 if config.bfloat16 else jnp.float32
 
 
+EVAL_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def eval_dtype(config: ml_collections.ConfigDict):
+  """`config.eval_dtype` ('float32' as the official code evaluates, or 'bfloat16'); unset or
+  None follows `config.bfloat16`."""
+  name = config.get('eval_dtype')
+  if name is None:
+    return compute_dtype(config)
+  if name not in EVAL_DTYPES:
+    raise ValueError(
+      f'Unknown eval_dtype {name!r}; accepted: {sorted(EVAL_DTYPES)} or None.'
+    )
+  return EVAL_DTYPES[name]
+
+
 def create_model(
   config: ml_collections.ConfigDict, num_classes: int
 ) -> nfnets.Model:
@@ -223,7 +239,7 @@ def make_eval_step(
   ``params`` come from ``layers.standardize_params``: weights are standardized once per
   evaluation, not in every batch's forward pass.
   """
-  dtype = compute_dtype(config)
+  dtype = eval_dtype(config)
 
   def eval_step(params, model_state, batch):
     images = batch['images'].astype(dtype)
