@@ -35,8 +35,19 @@ _AUGMENTS = flags.DEFINE_list(
   "Augment names to time; 'none' for no augmentation.",
 )
 
+_AUGMENT_MODES = flags.DEFINE_list(
+  'augment_mode',
+  ['official', 'corrected'],
+  "RandAugment modes to time ('official', 'corrected').",
+)
+_BEFORE_MIX = flags.DEFINE_bool(
+  'augment_before_mix',
+  False,
+  'RandAugment before MixUp/CutMix (False: after, as the NFNet configs).',
+)
 
-def measure(augment: str | None) -> float:
+
+def measure(augment: str | None, augment_mode: str = 'official') -> float:
   """Images/s of train batches (output images; mixing reads two stream images for each)."""
   it = pipeline.build_input(
     _DATASET.value,
@@ -46,6 +57,8 @@ def measure(augment: str | None) -> float:
     image_size=_IMAGE_SIZE.value,
     data_dir=_DATA_DIR.value,
     augment=augment,
+    augment_mode=augment_mode,
+    augment_before_mix=_BEFORE_MIX.value,
     process_index=0,
     process_count=1,
   )
@@ -62,12 +75,15 @@ def main(argv):
   logging.info('CPU cores: %d', os.cpu_count())
   for name in _AUGMENTS.value:
     augment = None if name == 'none' else name
-    rate = measure(augment)
-    print(
-      f'{_DATASET.value} train {_IMAGE_SIZE.value}px augment={name}: {rate:.1f} images/s '
-      f'({os.cpu_count()} CPU cores)',
-      flush=True,
-    )
+    modes = _AUGMENT_MODES.value if augment and 'randaugment' in name else ['-']
+    for mode in modes:
+      rate = measure(augment, 'official' if mode == '-' else mode)
+      print(
+        f'{_DATASET.value} train {_IMAGE_SIZE.value}px augment={name} '
+        f'mode={mode} before_mix={_BEFORE_MIX.value}: {rate:.1f} images/s '
+        f'({os.cpu_count()} CPU cores)',
+        flush=True,
+      )
 
 
 if __name__ == '__main__':

@@ -8,6 +8,8 @@ Determinism and exact resume: each process's stream is a sequence of epochs; epo
 shard in a fixed order shuffled with a seed derived from (seed, e, process); every example's
 randomness (crop, flip, RandAugment) comes from stateless ops seeded by (seed, process, its
 position in the stream), and batch mixing by the position of the batch's first example.
+With `augment_before_mix=False` (the official NFNet setting) RandAugment runs on each mixed
+output after MixUp/CutMix, seeded by the position of the output's first source example.
 `start_step=k` therefore starts at epoch `k * examples_per_step // n_local`, skips the rest
 without decoding, and yields exactly the batches a fresh iterator yields from step k on.
 One caveat: a corrupt image is dropped (and counted in the logs), which shifts the examples
@@ -274,6 +276,8 @@ def build_input(
   image_size: int,
   data_dir: str | None = None,
   augment: str | None = None,
+  augment_mode: str = 'official',
+  augment_before_mix: bool = True,
   eval_preproc: str | None = None,
   dtype=np.float32,
   seed: int = 0,
@@ -285,6 +289,9 @@ def build_input(
 
   eval_preproc: 'resize_crop_32' (official), 'crop_resize', 'resize' or None for the dataset's
   default ('resize_crop_32' for ImageNet, 'resize' for the 28 px digits).
+  augment_mode: RandAugment ops, 'official' or 'corrected' (see data/augment.py).
+  augment_before_mix: RandAugment each source image, then mix (True, the official default);
+  False mixes first and RandAugments the mixed images (the official NFNet configs).
   With MixUp/CutMix each output example mixes two stream examples, so a train step consumes
   2 x prod(batch_dims) examples (as in the official code).
   """
@@ -315,6 +322,7 @@ def build_input(
   local_batch = int(np.prod(batch_dims))
   base_seed = tf.constant([seed, process_index], tf.int64)
 
+  augment_lib.check_mode(augment_mode)
   if is_training:
     spec = parse_augment(augment)
     if spec.mixup and spec.cutmix and local_batch % 2:
@@ -336,6 +344,8 @@ def build_input(
       seed,
       process_index,
       start_step,
+      augment_mode,
+      augment_before_mix,
     )
   else:
     if augment:
@@ -396,6 +406,8 @@ def _train_stream(
   seed,
   process_index,
   start_step,
+  augment_mode='official',
+  augment_before_mix=True,
 ) -> tf.data.Dataset:
   per_step = local_batch * (2 if spec.mixing else 1)
   start_position = start_step * per_step
@@ -407,6 +419,16 @@ def _train_stream(
     start_position,
     max(10 * per_step, _MIN_SHUFFLE_BUFFER),
   )
+
+  ra = spec.randaugment
+  ra_after_mix = ra is not None and spec.mixing and not augment_before_mix
+  ra_first = ra is not None and not ra_after_mix
+
+  def randaugment(image, position):
+    ra_seed = preprocess.fold_in(
+      preprocess.fold_in(base_seed, position), _RA_TAG
+    )
+    return augment_lib.randaugment(image, ra_seed, *ra, mode=augment_mode)
 
   def example(position, record):
     image, label = record
@@ -420,15 +442,11 @@ def _train_stream(
       area_range=source.train_area_range,
       flip=source.train_flip,
     )
-    if spec.randaugment is not None:
-      image = augment_lib.randaugment(
-        image, preprocess.fold_in(ex_seed, _RA_TAG), *spec.randaugment
-      )
-    return {
-      'images': preprocess.normalize(image),
-      'labels': label,
-      'position': position,
-    }
+    if ra_first:
+      image = preprocess.normalize(randaugment(image, position))
+    elif not ra_after_mix:
+      image = preprocess.normalize(image)
+    return {'images': image, 'labels': label, 'position': position}
 
   ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = _count_skipped(ds, start_position)
@@ -453,6 +471,17 @@ def _train_stream(
       )
 
     ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if ra_after_mix:
+      # As the official dataset.py: unbatch, RandAugment each mixed image, rebatch. The
+      # seed is that of the output's first source example, a fixed stream position.
+      def augment_mixed(ex):
+        image = randaugment(ex['images'], ex['position'])
+        return dict(ex, images=preprocess.normalize(image))
+
+      ds = ds.unbatch().map(
+        augment_mixed, num_parallel_calls=AUTOTUNE, deterministic=True
+      )
+      ds = ds.batch(local_batch, drop_remainder=True)
   return ds
 
 

@@ -109,6 +109,22 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.bfloat16 if config.bfloat16 else jnp.float32
 
 
+EVAL_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def eval_dtype(config: ml_collections.ConfigDict):
+  """`config.eval_dtype` ('float32' as the official code evaluates, or
+  'bfloat16'); unset or None follows `config.bfloat16`."""
+  name = config.get('eval_dtype')
+  if name is None:
+    return compute_dtype(config)
+  if name not in EVAL_DTYPES:
+    raise ValueError(
+      f'Unknown eval_dtype {name!r}; accepted: {sorted(EVAL_DTYPES)} or None.'
+    )
+  return EVAL_DTYPES[name]
+
+
 def create_model(
   config: ml_collections.ConfigDict, num_classes: int
 ) -> nfnets.Model:
@@ -396,7 +412,7 @@ def make_eval_step(
   ``params`` come from ``layers.standardize_params``: weights are standardized once per
   evaluation, not in every batch's forward pass.
   """
-  dtype = compute_dtype(config)
+  dtype = eval_dtype(config)
 
   def eval_step(params, model_state, batch):
     images = batch['images'].astype(dtype)
@@ -437,7 +453,7 @@ class Evaluator:
     per_device = per_device_batch(
       self.config.eval_batch_size, 'eval_batch_size'
     )
-    dtype = jnp.bfloat16 if self.config.bfloat16 else np.float32
+    dtype = eval_dtype(self.config)
     return pipeline.build_input(
       self.config.dataset,
       split,
@@ -685,6 +701,8 @@ def _loop(
       image_size=setup.train_imsize,
       data_dir=config.data_dir,
       augment=config.augment,
+      augment_mode=config.get('augment_mode', 'official'),
+      augment_before_mix=config.get('augment_before_mix', True),
       dtype=data_dtype(config),
       seed=config.seed,
       start_step=start,

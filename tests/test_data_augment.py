@@ -19,11 +19,14 @@ def _image(h=24, w=24, seed=0):
   return np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)
 
 
-@pytest.mark.parametrize('name', augment.OPS)
-def test_op_keeps_shape_and_dtype(name):
+@pytest.mark.parametrize('mode', augment.MODES)
+@pytest.mark.parametrize('name', augment.OFFICIAL_OPS)
+def test_op_keeps_shape_and_dtype(name, mode):
+  if name not in augment.ops(mode):
+    pytest.skip(f'{name} is not a {mode} op')
   image = tf.constant(_image(20, 28))
   for magnitude in (0, 5, 10, 15):
-    out = augment.apply_op(name, image, magnitude, SEED)
+    out = augment.apply_op(name, image, magnitude, SEED, mode=mode)
     assert out.shape == (20, 28, 3) and out.dtype == tf.uint8
 
 
@@ -31,10 +34,11 @@ def test_op_keeps_shape_and_dtype(name):
 def test_geometric_op_at_magnitude_zero_is_identity(name):
   image = _image()
   np.testing.assert_array_equal(
-    augment.apply_op(name, tf.constant(image), 0, SEED), image
+    augment.apply_op(name, tf.constant(image), 0, SEED, mode='corrected'), image
   )
   assert not np.array_equal(
-    augment.apply_op(name, tf.constant(image), 10, SEED), image
+    augment.apply_op(name, tf.constant(image), 10, SEED, mode='corrected'),
+    image,
   )
 
 
@@ -79,13 +83,15 @@ def test_pixel_ops_against_pil():
 
 def test_randaugment_is_stateless_and_keeps_float_range():
   image = tf.constant(_image().astype(np.float32))
-  a = augment.randaugment(image, SEED, 4, 10)
-  b = augment.randaugment(image, SEED, 4, 10)
+  a = augment.randaugment(image, SEED, 4, 10, mode='corrected')
+  b = augment.randaugment(image, SEED, 4, 10, mode='corrected')
   np.testing.assert_array_equal(a, b)
   assert a.shape == (24, 24, 3) and a.dtype == tf.float32
   assert float(tf.reduce_min(a)) >= 0 and float(tf.reduce_max(a)) <= 255
   outs = {
-    augment.randaugment(image, tf.constant([i, 0], tf.int64), 2, 10)
+    augment.randaugment(
+      image, tf.constant([i, 0], tf.int64), 2, 10, mode='corrected'
+    )
     .numpy()
     .tobytes()
     for i in range(6)

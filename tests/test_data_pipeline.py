@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from data import embedded_mnist, imagenet, pipeline, preprocess  # noqa: E402
+from data import augment, embedded_mnist, imagenet, pipeline, preprocess  # noqa: E402
 
 MEAN = np.array(preprocess.MEAN_RGB)
 STD = np.array(preprocess.STDDEV_RGB)
@@ -279,13 +279,20 @@ def test_embedded_train_batch_shapes_dtypes_ranges(mnist_dir, dtype):
   assert set(b['labels'].ravel()) <= set(range(10))
 
 
-def test_embedded_determinism_and_exact_resume(mnist_dir):
+@pytest.mark.parametrize(
+  'augment_mode,augment_before_mix', [('corrected', True), ('official', False)]
+)
+def test_embedded_determinism_and_exact_resume(
+  mnist_dir, augment_mode, augment_before_mix
+):
   kw = dict(
     is_training=True,
     batch_dims=[1, 8],
     image_size=16,
     data_dir=mnist_dir,
     augment='cutmix_mixup_randaugment_105',
+    augment_mode=augment_mode,
+    augment_before_mix=augment_before_mix,
     process_index=1,
     process_count=50,
   )
@@ -326,6 +333,58 @@ def test_embedded_eval_padding_counts_every_example_once(mnist_dir, batch_dims):
   assert masks.sum() == 1000 and masks[:1000].all() and not masks[1000:].any()
   labels = np.concatenate([b['labels'].ravel() for b in batches])[masks]
   np.testing.assert_array_equal(np.bincount(labels, minlength=10), [100] * 10)
+
+
+def test_augment_before_mix_false_mixes_first_then_augments(
+  mnist_dir, monkeypatch
+):
+  """A non-linear stand-in for RandAugment (x^2 / 255) tells the two orders apart: mixing
+  first gives f(mix(a, b)), which the pipeline without RandAugment lets us compute."""
+  seeds = []
+
+  def fake_randaugment(image, seed, num_layers, magnitude, *, mode):
+    assert (num_layers, magnitude, mode) == (2, 10, 'official')
+    seeds.append(seed)
+    return tf.square(tf.clip_by_value(image, 0.0, 255.0)) / 255.0
+
+  kw = dict(
+    is_training=True,
+    batch_dims=[6],
+    image_size=12,
+    data_dir=mnist_dir,
+    seed=1,
+    process_index=0,
+    process_count=1,
+  )
+  plain = next(
+    pipeline.build_input('embedded_mnist', 'train', augment='mixup', **kw)
+  )
+  monkeypatch.setattr(augment, 'randaugment', fake_randaugment)
+  after = next(
+    pipeline.build_input(
+      'embedded_mnist',
+      'train',
+      augment='mixup_randaugment_210',
+      augment_before_mix=False,
+      **kw,
+    )
+  )
+  before = next(
+    pipeline.build_input(
+      'embedded_mnist',
+      'train',
+      augment='mixup_randaugment_210',
+      augment_before_mix=True,
+      **kw,
+    )
+  )
+  assert seeds  # the stand-in was traced
+  mixed = plain['images'] * STD + MEAN
+  want = (np.square(np.clip(mixed, 0, 255)) / 255.0 - MEAN) / STD
+  np.testing.assert_allclose(after['images'], want, atol=1e-3)
+  np.testing.assert_array_equal(after['labels'], plain['labels'])
+  np.testing.assert_array_equal(after['ratio'], plain['ratio'])
+  assert np.abs(before['images'] - want).max() > 0.1
 
 
 @pytest.mark.parametrize('process_count', [1, 2, 3])

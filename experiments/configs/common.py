@@ -31,6 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
     int
   )  # None: the model's test resolution
   config.augment = config_dict.placeholder(str)
+  # RandAugment ops: 'official' (as the official runs executed them, quirks included) or
+  # 'corrected' (see docs/augment.md). The official code's default order is RandAugment
+  # each image, then MixUp/CutMix; the NFNet configs set False (mix first).
+  config.augment_mode = 'official'
+  config.augment_before_mix = True
   config.eval_preproc = config_dict.placeholder(
     str
   )  # None: the dataset's default
@@ -44,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Objective and numerics.
   config.label_smoothing = 0.1
   config.bfloat16 = True  # bf16 activations; params and optimizer stay float32
+  # Evaluation compute dtype, 'float32' (the official code) or 'bfloat16'; None follows
+  # `bfloat16`.
+  config.eval_dtype = config_dict.placeholder(str)
+  config.eval_dtype = 'float32'
   config.optimizer = optim.default_config()
   config.seed = 0
   # Bookkeeping (steps).

@@ -45,4 +45,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # RandAugment 4 layers at the variant's magnitude, MixUp on half the batch, CutMix on the
   # other half (official 'cutmix_mixup_randaugment_4XX').
   config.augment = f'cutmix_mixup_randaugment_{ra_level}'
+  # The official NFNet configs mix first, then RandAugment the mixed images.
+  config.augment_before_mix = False
   return config
