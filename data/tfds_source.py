@@ -49,13 +49,17 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
       f'{PREFIX}{name}: no such TFDS dataset ({e}). The catalog: '
       'https://www.tensorflow.org/datasets/catalog/overview'
     ) from None
+  check_prepared(builder, name, data_dir)
+  return builder
+
+
+def check_prepared(builder, name: str, data_dir: str) -> None:
   if not builder.is_prepared():
     raise FileNotFoundError(
       _NOT_PREPARED.format(
         name=name, data_dir=data_dir, version_dir=builder.data_dir
       )
     )
-  return builder
 
 
 def make_source(name: str) -> sources.Source:
