@@ -39,7 +39,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   """Model, optimizer and schedule lengths; raises ValueError on inconsistent settings."""
   per_device = train_lib.per_device_batch(config.train_batch_size)
   train_lib.per_device_batch(config.eval_batch_size, 'eval_batch_size')
-  num_classes = pipeline.num_classes(config.dataset)
+  num_classes = pipeline.num_classes(config.dataset, config.data_dir)
   model = train_lib.create_model(config, num_classes)
   train_imsize, eval_imsize = train_lib.image_sizes(config, model)
   num_train = pipeline.num_examples(
