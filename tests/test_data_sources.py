@@ -25,8 +25,9 @@ N_VAL, PER_SYNSET = 6, 3
 
 
 def _classifier_width(params) -> int:
-  (w,) = [v['w'] for k, v in params.items() if k.endswith('linear')]
-  return w.shape[-1]
+  # The classifier is the shallowest `linear` (the SE block has deeper ones).
+  key = min((k for k in params if k.endswith('linear')), key=len)
+  return params[key]['w'].shape[-1]
 
 
 def _jpeg(seed: int, size=(40, 48)) -> bytes:
