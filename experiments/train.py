@@ -31,6 +31,7 @@ from experiments import (
   config_lib,
   experiment,
   host_memory,
+  run_info,
   train_lib,
 )
 from nfnets import optim
@@ -174,6 +175,8 @@ def train_and_evaluate(
     )
   else:
     logging.info('Resuming at step %d.', start)
+  if batches_fn is None and jax.process_index() == 0:
+    run_info.write(workdir, config.dataset, config.data_dir)
   writer = _Writer(workdir)
   stop = _StopFlag()
   previous_handler = signal.signal(signal.SIGTERM, stop)

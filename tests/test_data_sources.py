@@ -409,3 +409,22 @@ def test_folder_bad_inputs_fail_before_training(tmp_path):
   with pytest.raises(ValueError, match="classes that train lacks: \\['emu'\\]"):
     classes(tmp_path / 'b')
   folder.get_builder.cache_clear()
+
+
+# ------------------------------------------------------ class names in the workdir
+def test_run_info_records_the_folder_class_names(tmp_path):
+  from experiments import predict, run_info
+
+  root = tmp_path / 'r'
+  for name in ('zebra', 'apple'):
+    (root / name).mkdir(parents=True)
+    for i in range(2):
+      _pil(i).save(root / name / f'{i}.png')
+  workdir = str(tmp_path / 'w')
+  assert run_info.read(workdir) is None
+  run_info.write(workdir, f'folder:{root}', str(tmp_path / 'tfds'))
+  info = run_info.read(workdir)
+  assert info['class_names'] == ['apple', 'zebra'] and info['num_classes'] == 2
+  assert info['dataset'] == f'folder:{root}'
+  names_file = os.path.join(workdir, run_info.NAMES_FILE)
+  assert predict.class_names(2, names_file) == ['apple', 'zebra']
