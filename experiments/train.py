@@ -41,7 +41,7 @@ from ml_collections import config_flags
 
 import nfnets
 from data import pipeline
-from experiments import checkpointing, config_lib
+from experiments import checkpointing, config_lib, run_info
 from nfnets import layers, optim, runtime, weights
 
 # Flags of the entry points (eval.py and demo.py read the same ones).
@@ -180,7 +180,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   """Model, optimizer and schedule lengths; raises ValueError on inconsistent settings."""
   per_device = per_device_batch(config.train_batch_size)
   per_device_batch(config.eval_batch_size, 'eval_batch_size')
-  num_classes = pipeline.num_classes(config.dataset)
+  num_classes = pipeline.num_classes(config.dataset, config.data_dir)
   model = create_model(config, num_classes)
   train_imsize, eval_imsize = image_sizes(config, model)
   num_train = pipeline.num_examples(
@@ -839,6 +839,8 @@ def train_and_evaluate(
     )
   else:
     logging.info('Resuming at step %d.', start)
+  if batches_fn is None and jax.process_index() == 0:
+    run_info.write(workdir, config.dataset, config.data_dir)
   writer = _Writer(workdir)
   stop = _StopFlag()
   previous_handler = signal.signal(signal.SIGTERM, stop)

@@ -146,20 +146,20 @@ def test_official_randaugment_draws_all_16_ops():
 def test_paper_configs_default_to_the_official_augmentation_and_eval():
   import jax.numpy as jnp
 
-  from experiments import train_lib
+  from experiments import train
   from experiments.configs import common, demo, nfnet
 
   config = nfnet.get_config('F1')
   assert config.augment_mode == 'official'
   assert config.augment_before_mix is False  # official NFNet: mix first
   assert config.augment == 'cutmix_mixup_randaugment_410'
-  assert config.bfloat16 and train_lib.eval_dtype(config) == jnp.float32
+  assert config.bfloat16 and train.eval_dtype(config) == jnp.float32
   assert common.base_config().augment_before_mix is True  # official default
-  assert train_lib.eval_dtype(demo.get_config()) == jnp.float32
+  assert train.eval_dtype(demo.get_config()) == jnp.float32
   config.eval_dtype = 'bfloat16'
-  assert train_lib.eval_dtype(config) == jnp.bfloat16
+  assert train.eval_dtype(config) == jnp.bfloat16
   config.eval_dtype = None
-  assert train_lib.eval_dtype(config) == jnp.bfloat16  # follows bfloat16
+  assert train.eval_dtype(config) == jnp.bfloat16  # follows bfloat16
   config.eval_dtype = 'float16'
   with pytest.raises(ValueError, match='accepted'):
-    train_lib.eval_dtype(config)
+    train.eval_dtype(config)

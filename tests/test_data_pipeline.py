@@ -243,7 +243,6 @@ def test_embedded_splits_are_fixed_and_stratified(mnist_dir):
   assert len(np.union1d(idx['train'], idx['test'])) == 5000
   assert pipeline.num_examples('embedded_mnist', 'train') == 4000
   assert pipeline.num_examples('embedded_mnist', 'test') == 1000
-  assert pipeline.num_examples('imagenet2012', 'train_minus_valid') == 1_271_167
   assert pipeline.num_classes('embedded_mnist') == 10
 
 
