@@ -18,7 +18,7 @@ import optax
 from absl import logging
 
 import nfnets
-from nfnets import layers, optim, weights
+from nfnets import layers, optim, sam, weights
 
 AXIS = 'batch'
 
@@ -175,9 +175,24 @@ def make_train_step(
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = step_rng(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, model_state)), grads = grad_fn(
-      state.params, state.model_state, batch, rng
-    )
+    if opt_config.get('sam_rho'):
+      # SAM (nfnets/sam.py): the ascent sees this device's own sub-batch and is not averaged
+      # across devices; only the descent gradient is (below). Model state (BatchNorm
+      # statistics) comes from the unperturbed ascent pass.
+      result = sam.sam_value_and_grad(
+        lambda p, b: loss_fn(p, state.model_state, b, rng),
+        state.params,
+        batch,
+        rho=opt_config.sam_rho,
+        ascent_fraction=opt_config.sam_ascent_fraction,
+        has_aux=True,
+      )
+      (loss, (logits, _)), grads = result.value, result.grads
+      model_state = result.ascent_value[1][1]
+    else:
+      (loss, (logits, model_state)), grads = grad_fn(
+        state.params, state.model_state, batch, rng
+      )
     grads = jax.lax.pmean(grads, AXIS)
     # Batch statistics (if any) are averaged too, so every replica holds the same state.
     model_state = jax.tree_util.tree_map(
