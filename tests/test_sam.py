@@ -191,13 +191,16 @@ _PMAP_SCRIPT = textwrap.dedent("""
                                    b['images'], is_training=True)
         return train_lib.train_loss(out['logits'], b, config.label_smoothing)
 
+    @jax.jit
     def ascent(b):   # the ascent gradient on the first half of b
         return jax.grad(loss)(state.params, {k: v[:2] for k, v in b.items()})
 
+    @jax.jit
     def descent(eps, b):
         pert = jax.tree.map(lambda w, e: w + e, state.params, eps)
         return jax.grad(loss)(pert, b)
 
+    @jax.jit
     def expected_params(grads):
         updates, _ = setup.optimizer.update(grads, state.opt_state, state.params)
         return jax.tree.map(lambda w, u: w + u, state.params, updates)
