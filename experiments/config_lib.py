@@ -21,10 +21,14 @@ def _names() -> dict[str, tuple[str, str | None]]:
   names: dict[str, tuple[str, str | None]] = {
     'demo': ('demo.py', None),
     'finetune': ('finetune.py', None),
+    'finetune_sam': ('finetune.py', 'F0_sam'),
   }
   for v in _NFNET_VARIANTS:
     names[f'nfnet_{v}'] = ('nfnet.py', v.upper())
     names[f'nfnet_{v}_plus'] = ('nfnet.py', v.upper() + '+')
+  # The paper's SAM record runs (Table 3: F5+SAM 86.3%, F6+SAM 86.5%).
+  for v in ('f5', 'f6'):
+    names[f'nfnet_{v}_sam'] = ('nfnet.py', v.upper() + '_sam')
   return names
 
 

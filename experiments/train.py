@@ -42,7 +42,7 @@ from ml_collections import config_flags
 import nfnets
 from data import pipeline
 from experiments import checkpointing, config_lib, run_info
-from nfnets import layers, optim, runtime, weights
+from nfnets import layers, optim, runtime, sam, weights
 
 # Flags of the entry points (eval.py and demo.py read the same ones).
 CONFIG = config_flags.DEFINE_config_file(
@@ -348,10 +348,25 @@ def make_train_step(
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = step_rng(state.rng, state.step, axis_name)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, model_state)), grads = grad_fn(
-      state.params, state.model_state, batch, rng
-    )
+    if opt_config.get('sam_rho'):
+      # SAM (nfnets/sam.py): the ascent sees this device's own sub-batch and is
+      # not averaged across devices; only the descent gradient is (below).
+      # Model state (BatchNorm statistics) comes from the unperturbed pass.
+      result = sam.sam_value_and_grad(
+        lambda p, b: loss_fn(p, state.model_state, b, rng),
+        state.params,
+        batch,
+        rho=opt_config.sam_rho,
+        ascent_fraction=opt_config.sam_ascent_fraction,
+        has_aux=True,
+      )
+      (loss, (logits, _)), grads = result.value, result.grads
+      model_state = result.ascent_value[1][1]
+    else:
+      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      (loss, (logits, model_state)), grads = grad_fn(
+        state.params, state.model_state, batch, rng
+      )
     grads = pmean(grads)
     # Batch statistics (if any) are averaged too, so every replica holds the same state.
     model_state = jax.tree_util.tree_map(

@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_dtype = config_dict.placeholder(str)
   config.eval_dtype = 'float32'
   config.optimizer = optim.default_config()
+  # SAM (nfnets/sam.py): radius rho of the weight perturbation, 0 = off; the ascent gradient
+  # sees this fraction of each device's batch (the NFNet paper's 20%).
+  config.optimizer.sam_rho = 0.0
+  config.optimizer.sam_ascent_fraction = 0.2
   config.seed = 0
   # Bookkeeping (steps).
   config.log_every_steps = 100

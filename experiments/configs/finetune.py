@@ -8,6 +8,10 @@ Every tensor but the classifier comes from `pretrained` (official pickle, our .n
 re-initialised N(0, 0.01) for the dataset's class count. The recipe is the paper's optimizer at
 a fine-tuning learning rate: short warmup, cosine, AGC 0.01 (the new classifier is excluded as
 always), no RandAugment/MixUp/CutMix, dropout 0.2.
+
+SAM option (`--config=finetune_sam`, or `finetune.py:F1_sam`): the paper's fine-tuning values
+(its appendix, fine-tuning after JFT pre-training): SAM rho 0.05 with the ascent on 20% of the
+batch, weight decay 1e-5, dropout 0.25, stochastic depth 0.1.
 """
 
 import ml_collections
@@ -16,9 +20,13 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = (arg or 'F0').strip()
+  use_sam = arg.lower() == 'sam' or arg.lower().endswith('_sam')
+  if use_sam:
+    arg = arg[: -len('sam')].rstrip('_') or 'F0'
   config = common.base_config()
   config.name = 'finetune'
-  config.model = f'nfnet_{(arg or "F0").lower()}'
+  config.model = f'nfnet_{arg.lower()}'
   config.model_kwargs = ml_collections.ConfigDict(
     dict(drop_rate=0.2, stochdepth_rate=0.1)
   )
@@ -42,4 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 100
   config.max_to_keep = 2
+  if use_sam:
+    config.name = 'finetune_sam'
+    config.optimizer.sam_rho = 0.05
+    config.optimizer.sam_ascent_fraction = 0.2
+    config.optimizer.weight_decay = 1e-5
+    config.model_kwargs.drop_rate = 0.25
+    config.model_kwargs.stochdepth_rate = 0.1
   return config
