@@ -37,7 +37,7 @@ SCHEDULES = ('cosine', 'constant')
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The paper's NFNet-F* optimizer (shared/REFERENCE.md, 'Training recipe')."""
+  """The paper's NFNet-F* optimizer (paper section 5 and the official experiment_nfnets.py)."""
   return ml_collections.ConfigDict(
     dict(
       name='sgd',  # 'sgd' | 'adam' | 'adamw' | 'lamb'

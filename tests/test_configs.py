@@ -4,7 +4,7 @@ import pytest
 
 from experiments import config_lib
 
-# shared/REFERENCE.md, paper Table 3: train/test resolution, dropout, RandAugment magnitude.
+# Paper Table 3 and the official nfnet.py variant table: train/test resolution, dropout, RandAugment magnitude.
 PAPER = {
   'F0': (192, 256, 0.2, 5),
   'F1': (224, 320, 0.3, 10),

@@ -110,7 +110,7 @@ def test_schedule_scales_with_batch_warms_up_linearly_then_cosine_to_zero():
 
 def _f0_counts():
   """NFNet-F0 tensor and element counts per group, from the architecture description in
-  shared/REFERENCE.md (widths, depths, bottleneck 0.5, group width 128, SE ratio 0.5, final
+  the paper and the official nfnet.py (widths, depths, bottleneck 0.5, group width 128, SE ratio 0.5, final
   conv 2x, 1000 classes): no model code involved."""
   conv_w, vectors, se_w, n_convs, n_se, n_blocks = 0, 0, 0, 0, 0, 0
   stem = [(3, 16), (16, 32), (32, 64), (64, 128)]

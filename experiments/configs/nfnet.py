@@ -1,4 +1,4 @@
-"""NFNet-F0 ... F7 and F0+ ... F7+ with the paper's ImageNet recipe (shared/REFERENCE.md).
+"""NFNet-F0 ... F7 and F0+ ... F7+ with the paper's ImageNet recipe (paper section 5, Table 3; official experiment_nfnets.py).
 
 `--config=experiments/configs/nfnet.py:F1` (or the name `--config=nfnet_f1`) selects a variant;
 per-variant facts (train/test resolution, dropout, RandAugment magnitude) come from the model
