@@ -13,8 +13,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from nfnets import registry, variants
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
-_NFNET_VARIANTS = ('f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7')
 
 
 def _names() -> dict[str, tuple[str, str | None]]:
@@ -23,9 +24,9 @@ def _names() -> dict[str, tuple[str, str | None]]:
     'finetune': ('finetune.py', None),
     'finetune_sam': ('finetune.py', 'F0_sam'),
   }
-  for v in _NFNET_VARIANTS:
-    names[f'nfnet_{v}'] = ('nfnet.py', v.upper())
-    names[f'nfnet_{v}_plus'] = ('nfnet.py', v.upper() + '+')
+  for v in variants.NFNET_BASE_VARIANTS:
+    for arg in (v, v + '+'):
+      names[registry.canonical_name('nfnet_' + arg)] = ('nfnet.py', arg)
   # The paper's SAM record runs (Table 3: F5+SAM 86.3%, F6+SAM 86.5%).
   for v in ('f5', 'f6'):
     names[f'nfnet_{v}_sam'] = ('nfnet.py', v.upper() + '_sam')
@@ -45,7 +46,7 @@ def resolve(spec: str) -> str:
     if not os.path.isfile(path):
       raise ValueError(f'Config file {path!r} does not exist.')
     return spec
-  key = spec.lower().replace('-', '_').replace('+', '_plus')
+  key = registry.canonical_name(spec)
   names = _names()
   if key not in names:
     raise ValueError(

@@ -2,15 +2,16 @@
 
 `--config=experiments/configs/nfnet.py:F1` (or the name `--config=nfnet_f1`) selects a variant;
 per-variant facts (train/test resolution, dropout, RandAugment magnitude) come from the model
-registry so that they are written down once, in nfnets/nfnet.py.
+registry so that they are written down once, in nfnets/variants.py.
 """
 
 import ml_collections
 
 import nfnets
 from experiments.configs import common
+from nfnets import registry, variants
 
-VARIANTS = ('F0', 'F1', 'F2', 'F3', 'F4', 'F5', 'F6', 'F7')
+VARIANTS = variants.NFNET_BASE_VARIANTS
 
 
 def canonical_variant(arg: str | None) -> str:
@@ -39,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if use_sam:
     arg = arg.strip()[: -len('_sam')]
   variant = canonical_variant(arg)
-  model_name = 'nfnet_' + variant.lower().replace('+', '_plus')
+  model_name = registry.canonical_name('nfnet_' + variant)
   model = nfnets.create_model(model_name, num_classes=1000)
   ra_level = model.extras[
     'RA_level'

@@ -14,7 +14,7 @@ import time
 from absl import app, flags
 
 import nfnets
-from nfnets import nf_regnet, nfnet
+from nfnets import nf_regnet, nfnet, registry
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +60,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def nfnet_table() -> str:
   rows = []
   for variant in nfnet.VARIANTS:
-    name = 'nfnet_' + variant.lower().replace('+', '_plus')
+    name = registry.canonical_name('nfnet_' + variant)
     model, params, train_g, test_g = _row(name)
     rows.append(
       [
