@@ -23,9 +23,11 @@ Choices that make the two networks the same function, not just the same shapes:
 - timm's ``ScaledStdConv2dSame`` computes ``(w - mean) / sqrt(var + eps) * gain / sqrt(fan_in)``,
   i.e. ``rsqrt(var * fan_in + eps * fan_in)``; the official (ours) is
   ``rsqrt(max(var * fan_in, 1e-4))``. PyTorch's batch_norm refuses eps=0, so we use
-  ``std_conv_eps=1e-12``: for the fixture's weights (var near 1) ``var + 1e-12`` rounds to
+  ``std_conv_eps=1e-12``: for half the fixture's convs (var near 1) ``var + 1e-12`` rounds to
   ``var`` in float32, and the two agree whenever ``var * fan_in > 1e-4``; only float rounding
-  differs. timm's ``dm_nfnet_f*`` default is ``std_conv_eps=1e-5``, a relative change of
+  differs. The other half have var * fan_in = 5e-5 in every unit, under the 1e-4 floor, and a
+  per-conv timm eps that lands on the floor exactly (``_eps_bound_kernels``), so the eps shows
+  in the logits. timm's ``dm_nfnet_f*`` default is ``std_conv_eps=1e-5``, a relative change of
   ``5e-6 / var`` in every conv's scale.
 - The official code uses ``jax.nn.gelu`` (tanh approximation) with gamma 1.7015043497085571;
   timm's ``dm_nfnet_f*`` use the exact erf GELU. We register ``gelu_tanh`` with the same gamma.
@@ -47,6 +49,10 @@ FIXTURE = os.path.join(
 TINY = dict(width=0.0625, group_size=8, num_classes=10, image_size=64, batch=2)
 GELU_GAMMA = 1.7015043497085571
 STD_CONV_EPS = 1e-12  # batch_norm needs eps > 0; see the module docstring.
+WS_EPS = 1e-4  # the official floor on var * fan_in
+# var * fan_in of every unit of every other WS conv: under WS_EPS, so the floor decides
+# those convs' scale (eps 1e-5 instead of 1e-4 scales them by sqrt(2)).
+FLOOR_VAR_N = 5e-5
 
 
 def _randomize(model, seed: int) -> dict:
@@ -72,6 +78,35 @@ def _randomize(model, seed: int) -> dict:
     {k: torch.from_numpy(v) for k, v in sd.items()}, strict=True
   )
   return sd
+
+
+def _eps_bound_kernels(model, seed: int) -> dict:
+  """Every other WS conv gets units with var * fan_in exactly FLOOR_VAR_N (< WS_EPS).
+
+  For those convs the official scale is rsqrt(max(var * fan_in, 1e-4)) = rsqrt(1e-4); timm's is
+  rsqrt(var * fan_in + eps * fan_in), so setting that conv's eps to
+  (1e-4 - FLOOR_VAR_N) / fan_in makes timm compute the same function. The fixture's logits then
+  depend on the WS eps: a wrong eps, or a formula without the max, moves them.
+  """
+  import torch
+  from timm.layers import ScaledStdConv2dSame
+
+  rng = np.random.default_rng(seed)
+  convs = [
+    m for _, m in model.named_modules() if isinstance(m, ScaledStdConv2dSame)
+  ]
+  for m in convs[::2]:
+    out = m.weight.shape[0]
+    fan_in = m.weight[0].numel()
+    z = rng.normal(size=(out, fan_in))
+    z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
+    w = z * np.sqrt(FLOOR_VAR_N / fan_in) + rng.normal(
+      0.0, np.sqrt(FLOOR_VAR_N / fan_in), (out, 1)
+    )
+    with torch.no_grad():
+      m.weight.copy_(torch.from_numpy(w.reshape(m.weight.shape)).float())
+    m.eps = (WS_EPS - FLOOR_VAR_N) / fan_in
+  return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
 
 def _timm_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
@@ -121,7 +156,8 @@ def make(args) -> None:
   model.stem.conv2 = conv(16, 32, kernel_size=3, stride=1)
   model.stem.conv3 = conv(32, 64, kernel_size=3, stride=1)
   model.stem.conv4 = conv(64, channels[0] // 2, kernel_size=3, stride=2)
-  sd = _randomize(model, seed=0)
+  _randomize(model, seed=0)
+  sd = _eps_bound_kernels(model, seed=4)
   rng = np.random.default_rng(1)
   size = TINY['image_size']
   images = rng.normal(0.0, 1.0, (TINY['batch'], size, size, 3)).astype(
