@@ -45,8 +45,9 @@ setuptools.setup(
     'test': [
       'pytest>=7.4',
       'ruff>=0.5',
-      'dill>=0.3.6',
-    ],  # dill: writes official-format files
+      'dill>=0.3.6',  # writes official-format files
+      'safetensors>=0.4',  # the reference reader the weights tests compare with
+    ],
     # timm interchange and the peer benchmark; never needed at run time.
     'torch': ['torch', 'timm', 'safetensors'],
   },

@@ -302,7 +302,18 @@ def test_timm_fixture_logits_match(fixture):
   weights.check_params(params, model.param_shapes(images.shape[1]))
   logits = _logits(model, params, images)
   rel = np.abs(logits - timm_logits).max() / np.abs(timm_logits).max()
-  assert rel < 1e-4, rel
+  assert rel < 5e-6, rel  # float32 rounding: 6e-7 with torch 2.x / timm 1.x
+  # Half the WS convs have var * fan_in = 5e-5 < WS_EPS in every unit, so the eps floor sets
+  # their scale (make_timm_fixture.py): a wrong eps or a formula without the max fails.
+  floor_bound = [
+    k
+    for k, v in sd.items()
+    if v.ndim == 4
+    and k + '_gain' not in sd
+    and k.replace('weight', 'gain') in sd
+    and np.all(v.reshape(v.shape[0], -1).var(1) * v[0].size < 1e-4)
+  ]
+  assert len(floor_bound) >= 10, floor_bound
   # The comparison has teeth: a single zeroed skip gain moves the logits far beyond it.
   params['NFNet/~/nf_block_7']['skip_gain'] = np.float32(0.0).reshape(())
   moved = np.abs(_logits(model, params, images) - timm_logits).max()
