@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import experiment, train_lib
+from experiments import train
 from tests import test_train_fixtures as fx
 
 STEPS = 6
@@ -24,16 +24,14 @@ def _run():
       'optimizer.clipping': 0.0,
     }
   )
-  setup = experiment.build_setup(config)
-  state = train_lib.init_state(setup.model, setup.optimizer, config, 32)
+  setup = train.build_setup(config)
+  state = train.init_state(setup.model, setup.optimizer, config, 32)
   step = jax.pmap(
-    train_lib.make_train_step(
-      setup.model, setup.optimizer, setup.schedule, config
-    ),
-    axis_name=train_lib.AXIS,
+    train.make_train_step(setup.model, setup.optimizer, setup.schedule, config),
+    axis_name=train.AXIS,
   )
   rng = np.random.default_rng(0)
-  rstate = train_lib.replicate(state, jax.local_devices()[:1])
+  rstate = train.replicate(state, jax.local_devices()[:1])
   params = [jax.device_get(state.params)]
   emas = [jax.device_get(state.ema_params)]
   for _ in range(STEPS):

@@ -19,7 +19,7 @@ from absl import flags
 
 # experiments.train defines the same absl flags as experiments.eval, so the run trains in a
 # subprocess and the state is read back through the checkpointing module.
-from experiments import checkpointing, experiment, train_lib
+from experiments import checkpointing, train
 from experiments import eval as eval_entry
 from nfnets import weights
 from tests import test_train_fixtures as fx
@@ -56,8 +56,8 @@ def run(tmp_path_factory):
   )
   assert out.returncode == 0, out.stderr[-3000:]
   config = fx.tiny_config(**overrides)
-  setup = experiment.build_setup(config)
-  template = train_lib.init_state(setup.model, setup.optimizer, config, 32)
+  setup = train.build_setup(config)
+  template = train.init_state(setup.model, setup.optimizer, config, 32)
   ckpt = checkpointing.Checkpointer(
     os.path.join(workdir, 'checkpoints'), max_to_keep=5, identity=setup.identity
   )

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, experiment, train, train_lib
+from experiments import checkpointing, train
 from tests import test_train_fixtures as fx
 
 
@@ -36,8 +36,8 @@ def _snapshot(directory) -> dict[str, bytes]:
 
 
 def _restore(config, workdir):
-  setup = experiment.build_setup(config)
-  template = train_lib.init_state(
+  setup = train.build_setup(config)
+  template = train.init_state(
     setup.model, setup.optimizer, config, config.train_imsize
   )
   ckpt = checkpointing.Checkpointer(
@@ -57,10 +57,7 @@ def test_same_model_other_optimizer_is_refused_and_untouched(tmp_path):
   # Adam moments instead of a momentum buffer.
   other = fx.tiny_config(num_train_steps=3, **{'optimizer.name': 'adam'})
   # Same model, classes and kwargs: only the state tree's shape tells them apart.
-  assert (
-    experiment.build_setup(other).identity
-    == experiment.build_setup(config).identity
-  )
+  assert train.build_setup(other).identity == train.build_setup(config).identity
   with pytest.raises(
     ValueError, match='another model.*tree shapes.*nothing was changed'
   ):

@@ -24,7 +24,11 @@ GREY = (128, 128, 128)
 def _apply(name: str, image: np.ndarray, magnitude: float, seed: int = 0):
   """Today's ops (the 'corrected' set); the one place that calls the module under test."""
   out = augment.apply_op(
-    name, tf.constant(image), magnitude, tf.constant([seed, 7], tf.int64)
+    name,
+    tf.constant(image),
+    magnitude,
+    tf.constant([seed, 7], tf.int64),
+    mode='corrected',
   )
   return out.numpy()
 

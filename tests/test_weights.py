@@ -16,7 +16,7 @@ FIXTURE = os.path.join(
 )
 TINY = dict(
   num_classes=10, width=0.0625, group_size=8
-)  # as scripts/make_timm_fixture.py
+)  # as tests/fixtures/make_timm_fixture.py
 
 
 @pytest.fixture(scope='module')
