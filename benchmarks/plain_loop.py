@@ -155,6 +155,10 @@ def main() -> None:
   for index in range(1, args.rounds + 1):
     for label, command in runs.items():
       figures[label].append(_throughput(command))
+      # Each figure as it comes: a round cut short still says what it measured.
+      print(
+        f'round {index} {label}: {figures[label][-1]:.3f} img/s', flush=True
+      )
     line = ', '.join(f'{k} {v[-1]:.3f}' for k, v in figures.items())
     print(f'round {index} (img/s): {line}', flush=True)
     if 'timm' in figures:
