@@ -28,15 +28,23 @@ _OFFICIAL_DIR = flags.DEFINE_string(
 )
 _PASSES = flags.DEFINE_integer('passes', 400, 'Passes averaged per figure.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random draws.')
+_PHOTO = flags.DEFINE_string(
+  'photo',
+  'china.jpg',
+  "A photo scikit-learn ships ('china.jpg', 'flower.jpg') or a path to one.",
+)
 
 # (variant, layers, magnitude, train resolution), from the official NFNet configs.
 VARIANTS = (('F0', 4, 5, 192), ('F1', 4, 10, 224), ('F3', 4, 15, 320))
 
 
 def photo(size: int) -> np.ndarray:
-  from sklearn.datasets import load_sample_image
+  if os.path.exists(_PHOTO.value):
+    image = np.asarray(PIL.Image.open(_PHOTO.value).convert('RGB'))
+  else:
+    from sklearn.datasets import load_sample_image
 
-  image = load_sample_image('china.jpg')
+    image = load_sample_image(_PHOTO.value)
   h, w = image.shape[:2]
   side = min(h, w)
   top, left = (h - side) // 2, (w - side) // 2
