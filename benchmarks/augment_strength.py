@@ -2,7 +2,7 @@
 
   python -m benchmarks.augment_strength --official_dir=/path/to/deepmind-research/nfnets
 
-The photo is scikit-learn's `china.jpg` (a real 427 x 640 JPEG that scikit-learn ships),
+The photo (`--photo`) is by default scikit-learn's `china.jpg` (a real 427 x 640 JPEG),
 centre-cropped to a square and resized (bicubic) to each variant's train resolution. One pass is
 RandAugment with the variant's layers and magnitude (F0 '405' at 192 px, F1 '410' at 224 px,
 F3 '415' at 320 px) on that uint8 image; the figure is mean |output - input| over pixels and
@@ -89,7 +89,9 @@ def main(argv):
     from tests.fixtures import make_official_augment_fixture as fixture
 
     module = fixture.load_official_autoaugment(_OFFICIAL_DIR.value)
-  print(f'mean |pixel change| of one pass, china.jpg, {_PASSES.value} passes:')
+  print(
+    f'mean |pixel change| of one pass, {os.path.basename(_PHOTO.value)}, {_PASSES.value} passes:'
+  )
   print('variant  RA   px  official  mode=official  mode=corrected')
   for name, layers, magnitude, size in VARIANTS:
     image = photo(size)
