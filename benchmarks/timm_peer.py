@@ -37,6 +37,11 @@ def _parse() -> argparse.Namespace:
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--no_eval', action='store_true')
   parser.add_argument('--no_train', action='store_true')
+  parser.add_argument(
+    '--no_agc',
+    action='store_true',
+    help="No gradient clipping (the BatchNorm models' recipe, e.g. EfficientNet).",
+  )
   parser.add_argument('--device', default='cpu', help='cpu or cuda.')
   parser.add_argument(
     '--dtype',
@@ -130,7 +135,8 @@ def main() -> None:
       with autocast():
         loss = loss_fn(model(images), labels)
       loss.backward()
-      adaptive_clip_grad(clipped, clip_factor=0.01, eps=1e-3)
+      if not args.no_agc:
+        adaptive_clip_grad(clipped, clip_factor=0.01, eps=1e-3)
       opt.step()
       ema.update(model)
 

@@ -31,6 +31,17 @@ def test_paper_ratio_is_the_headline():
   assert 'ours 4.50x' in line
   assert '8.8x TPUv3' in line and '13.1x V100' in line
   assert latency.ratio_line(rows[:1]) is None
+  rows[0].timm_ms_per_step, rows[1].timm_ms_per_step = 120.0, 600.0
+  line = latency.ratio_line(rows)
+  assert 'timm 5.00x' in line
+  assert 'efficientnet_b7 0.75x' in line and 'nfnet_f1 0.83x' in line
+
+
+def test_timm_names():
+  assert latency.timm_name('nfnet_f1') == 'dm_nfnet_f1'
+  assert latency.timm_name('efficientnet_b7') == 'tf_efficientnet_b7'
+  assert latency.timm_name('nfnet_f1_plus') is None
+  assert latency.timm_name('nfnet_f0_bn') is None
 
 
 def test_recipe_uses_agc_only_for_normalizer_free_models():

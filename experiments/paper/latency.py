@@ -21,6 +21,9 @@ between models are comparable.
 
 import csv
 import dataclasses
+import os
+import re
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +67,12 @@ def define_flags() -> None:
   flags.DEFINE_integer('steps', 5, 'Timed steps; the median is reported.')
   flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
   flags.DEFINE_enum('dtype', 'float32', list(bench.DTYPES), 'Activation dtype.')
+  flags.DEFINE_string(
+    'timm_python',
+    None,
+    "A Python with torch and timm: also time timm's version of each model "
+    '(benchmarks/timm_peer.py, same batch, resolution and recipe) in this run.',
+  )
   flags.DEFINE_string('out', None, 'Write the table as CSV here.')
   flags.DEFINE_string('plot', None, 'Write Figure 1 as PNG here.')
 
@@ -80,6 +89,7 @@ class Row:
   paper_tpuv3_ms: float | None
   paper_v100_ms: float | None
   paper_top1: float | None
+  timm_ms_per_step: float | None = None
 
 
 def recipe_config(model: nfnets.Model, dtype):
@@ -133,6 +143,48 @@ def time_model(name: str, batch_size: int, dtype, steps: int, warmup: int):
   )
 
 
+def timm_name(name: str) -> str | None:
+  """timm's model of the same architecture and numerics, if it has one."""
+  if name.startswith('nfnet_f') and not name.endswith(('_plus', '_bn')):
+    return 'dm_' + name
+  if name.startswith('efficientnet_b'):
+    return 'tf_' + name
+  return None
+
+
+def time_timm(python: str, row: Row) -> float | None:
+  """timm's training step for ``row``'s model, in ms (a subprocess)."""
+  name = timm_name(row.model)
+  if name is None:
+    return None
+  script = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    'benchmarks',
+    'timm_peer.py',
+  )
+  cmd = [
+    python,
+    script,
+    f'--model={name}',
+    f'--batch_size={row.batch_size}',
+    f'--image_size={row.train_px}',
+    f'--steps={FLAGS.steps}',
+    f'--warmup={FLAGS.warmup}',
+    '--no_eval',
+    f'--dtype={FLAGS.dtype}',
+  ]
+  if jax.devices()[0].platform == 'gpu':
+    cmd += ['--device=cuda', '--channels_last']
+  if row.model.startswith('efficientnet_'):
+    cmd.append('--no_agc')
+  logging.info('Running %s', ' '.join(cmd))
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+  match = re.search(r'timm train .* ([0-9.]+) ms/step', out)
+  if match is None:
+    raise RuntimeError(f'No step time in timm_peer output:\n{out}')
+  return float(match.group(1))
+
+
 def _fmt(x, spec):
   return '-' if x is None else format(x, spec)
 
@@ -141,6 +193,7 @@ def format_table(rows: list[Row]) -> str:
   head = (
     f'{"model":<18}{"px":>5}{"batch":>6}{"ms/step":>10}{"img/s":>9}'
     f'{"MFU":>7}{"paper TPUv3":>13}{"paper V100":>12}{"top-1":>7}'
+    f'{"timm ms":>10}'
   )
   lines = [head]
   for r in rows:
@@ -150,6 +203,7 @@ def format_table(rows: list[Row]) -> str:
       f'{_fmt(r.mfu and 100 * r.mfu, ".1f"):>7}'
       f'{_fmt(r.paper_tpuv3_ms, ".1f"):>13}{_fmt(r.paper_v100_ms, ".1f"):>12}'
       f'{_fmt(r.paper_top1, ".1f"):>7}'
+      f'{_fmt(r.timm_ms_per_step, ".1f"):>10}'
     )
   return '\n'.join(lines)
 
@@ -162,10 +216,18 @@ def ratio_line(rows: list[Row], slow='efficientnet_b7', fast='nfnet_f1'):
   ours = by_name[slow].ms_per_step / by_name[fast].ms_per_step
   tpu = PAPER_TABLE3[slow][0] / PAPER_TABLE3[fast][0]
   v100 = PAPER_TABLE3[slow][1] / PAPER_TABLE3[fast][1]
-  return (
+  line = (
     f'{slow} / {fast} step time: ours {ours:.2f}x '
     f'(paper: {tpu:.1f}x TPUv3, {v100:.1f}x V100)'
   )
+  a, b = by_name[slow].timm_ms_per_step, by_name[fast].timm_ms_per_step
+  if a and b:
+    line += (
+      f'; timm {a / b:.2f}x; ours / timm per step: {slow} '
+      f'{by_name[slow].ms_per_step / a:.2f}x, {fast} '
+      f'{by_name[fast].ms_per_step / b:.2f}x'
+    )
+  return line
 
 
 def write_csv(path: str, rows: list[Row]) -> None:
@@ -235,6 +297,8 @@ def main(argv):
   rows = []
   for name in FLAGS.models:
     rows.append(time_model(name, batch_size, dtype, FLAGS.steps, FLAGS.warmup))
+    if FLAGS.timm_python:
+      rows[-1].timm_ms_per_step = time_timm(FLAGS.timm_python, rows[-1])
     print(
       f'{name}: {rows[-1].ms_per_step:.1f} ms/step '
       f'(compiled in {rows[-1].compile_seconds:.0f} s)',
