@@ -17,7 +17,7 @@ slower than equivalent dense work:
   matrix products (:func:`standardize_weight_dot_grad`).
 
 Where each rewrite pays off was measured per layer; the figures are in
-docs/performance_notes_lib.md.
+docs/performance.md.
 """
 
 import functools

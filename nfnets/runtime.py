@@ -29,7 +29,7 @@ before it, and it then says that it applied nothing); it changes nothing on a
 GPU or TPU, whose steps don't run on the CPU client. The cost: the main thread's
 heap keeps its peak mapped until the process exits, and Python does not overlap
 the next step's dispatch with the current step (it has no other work to overlap
-on CPU). docs/performance_notes_exp.md has the measured effect on a plain
+on CPU). docs/performance.md has the measured effect on a plain
 user loop.
 """
 
