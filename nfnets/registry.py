@@ -129,4 +129,10 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> Model:
 
 def _import_families() -> None:
   # Each family module registers its models on import.
-  from nfnets import nf_regnet, nf_resnet, nfnet, resnet  # noqa: F401
+  from nfnets import (  # noqa: F401
+    efficientnet,
+    nf_regnet,
+    nf_resnet,
+    nfnet,
+    resnet,
+  )
