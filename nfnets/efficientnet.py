@@ -247,8 +247,11 @@ class EfficientNet(hk.Module):
     variant: str = 'B0',
     drop_rate: float | None = None,
     drop_connect_rate: float = 0.2,
+    width: float | None = None,
+    depth: float | None = None,
     name: str = 'EfficientNet',
   ):
+    """``width`` and ``depth`` override the variant's multipliers (e.g. for tiny tests)."""
     super().__init__(name=name)
     if variant not in VARIANTS:
       raise ValueError(
@@ -259,7 +262,11 @@ class EfficientNet(hk.Module):
       raise ValueError(
         f'num_classes must be a positive int, got {num_classes!r}.'
       )
-    width, depth, _, default_drop = VARIANTS[variant]
+    var_width, var_depth, _, default_drop = VARIANTS[variant]
+    width = var_width if width is None else width
+    depth = var_depth if depth is None else depth
+    if width <= 0 or depth <= 0:
+      raise ValueError(f'width and depth must be > 0, got {width}, {depth}.')
     self.drop_rate = default_drop if drop_rate is None else drop_rate
     if not 0.0 <= self.drop_rate < 1.0:
       raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
