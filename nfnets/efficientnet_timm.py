@@ -19,6 +19,11 @@ PREFIX = 'EfficientNet/~/'
 _BN_PARAMS = {'scale': 'weight', 'offset': 'bias'}
 _BN_STATE = {'mean': 'running_mean', 'var': 'running_var'}
 _BN_RE = re.compile(r'(^|\.)bn\d$')
+# Every module a tf_efficientnet_b* state dict holds.
+_MODULE_RE = re.compile(
+  r'^(conv_stem|bn[12]|conv_head|classifier|blocks\.\d+\.\d+\.'
+  r'(conv_pw|conv_dw|conv_pwl|bn[123]|se\.conv_reduce|se\.conv_expand))$'
+)
 
 
 def is_timm_efficientnet(state_dict: Mapping[str, Any]) -> bool:
@@ -92,6 +97,8 @@ def from_timm(state_dict: Mapping[str, Any]) -> tuple[dict, dict]:
   used: set[str] = set()
   for key in sorted(sd):
     prefix, _, leaf = key.rpartition('.')
+    if not _MODULE_RE.match(prefix):
+      continue  # reported as left over below
     module = _from_timm_prefix(prefix)
     value = sd[key]
     if _BN_RE.search(prefix):
