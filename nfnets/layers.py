@@ -316,7 +316,11 @@ WS_EPS = 1e-4
 
 
 def standardize_weight(
-  w: jax.Array, gain: jax.Array, eps: float = WS_EPS, grad_by_dot: bool = False
+  w: jax.Array,
+  gain: jax.Array,
+  eps: float = WS_EPS,
+  grad_by_dot: bool = False,
+  eps_inside: bool = False,
 ) -> jax.Array:
   """Scaled weight standardization (NF-ResNet paper, eq. 5), fused as in the official code.
 
@@ -328,37 +332,50 @@ def standardize_weight(
   form with its per-unit sums as matrix products: XLA:CPU runs autodiff's sums over the major
   ``fan_in`` axis 4-6x slower (0.3 s per F0 step for the final 1x1 conv alone). Same maths,
   float32 rounding.
+
+  ``eps_inside`` gives timm's ``ScaledStdConv2d`` form instead,
+  ``(w - mean) / sqrt(var + eps) * gain / sqrt(fan_in)``, i.e.
+  ``rsqrt(var * fan_in + eps * fan_in)``, which its ``dm_nfnet_f*`` weights were tuned with.
   """
   if grad_by_dot:
-    return _standardize_weight_dot_grad(w, gain, eps)
-  return _standardize_weight(w, gain, eps)
+    return _standardize_weight_dot_grad(w, gain, eps, eps_inside)
+  return _standardize_weight(w, gain, eps, eps_inside)
 
 
-def _standardize_weight(w: jax.Array, gain: jax.Array, eps: float) -> jax.Array:
-  return _standardize_with_moments(w, gain, eps)[0]
+def _standardize_weight(
+  w: jax.Array, gain: jax.Array, eps: float, eps_inside: bool = False
+) -> jax.Array:
+  return _standardize_with_moments(w, gain, eps, eps_inside)[0]
+
+
+def _floored_var(var_n: jax.Array, eps: float, fan_in: int, eps_inside: bool):
+  """The official ``max(var * fan_in, eps)``, or timm's ``var * fan_in + eps * fan_in``."""
+  if eps_inside:
+    return var_n + eps * fan_in
+  return jnp.maximum(var_n, eps)
 
 
 def _standardize_with_moments(
-  w: jax.Array, gain: jax.Array, eps: float
+  w: jax.Array, gain: jax.Array, eps: float, eps_inside: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(w_hat, mean, var * fan_in)``, the moments per unit (keepdims)."""
   axes = tuple(range(w.ndim - 1))
   fan_in = int(np.prod(w.shape[:-1]))
   mean = jnp.mean(w, axis=axes, keepdims=True)
   var_n = jnp.var(w, axis=axes, keepdims=True) * fan_in
-  scale = jax.lax.rsqrt(jnp.maximum(var_n, eps)) * gain
+  scale = jax.lax.rsqrt(_floored_var(var_n, eps, fan_in, eps_inside)) * gain
   return w * scale - mean * scale, mean, var_n
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _standardize_weight_dot_grad(
-  w: jax.Array, gain: jax.Array, eps: float
+  w: jax.Array, gain: jax.Array, eps: float, eps_inside: bool = False
 ) -> jax.Array:
-  return _standardize_weight(w, gain, eps)
+  return _standardize_weight(w, gain, eps, eps_inside)
 
 
-def _ws_fwd(w, gain, eps):
-  w_hat, mean, var_n = _standardize_with_moments(w, gain, eps)
+def _ws_fwd(w, gain, eps, eps_inside):
+  w_hat, mean, var_n = _standardize_with_moments(w, gain, eps, eps_inside)
   return w_hat, (w, gain, mean.reshape(-1), var_n.reshape(-1))
 
 
@@ -373,7 +390,7 @@ def _column_means(x: jax.Array) -> jax.Array:
   return jnp.dot(rows, x)[0]
 
 
-def _ws_bwd(eps, residuals, g):
+def _ws_bwd(eps, eps_inside, residuals, g):
   """Closed-form WS gradient; every per-unit sum over ``fan_in`` is a matrix product.
 
   With ``c = w - mean``, ``s = gain * rsqrt(n var)`` and ``G`` the incoming gradient:
@@ -383,10 +400,12 @@ def _ws_bwd(eps, residuals, g):
   w, gain, mean, var_n = residuals
   fan_in = int(np.prod(w.shape[:-1]))
   w2, g2 = w.reshape(fan_in, -1), g.reshape(fan_in, -1)
-  rstd = jax.lax.rsqrt(jnp.maximum(var_n, eps))
+  rstd = jax.lax.rsqrt(_floored_var(var_n, eps, fan_in, eps_inside))
   centred = w2 - mean
   g_dot_centred = _column_means(g2 * centred) * fan_in
-  dvar_term = jnp.where(var_n > eps, -g_dot_centred * gain * rstd**3, 0.0)
+  dvar_term = -g_dot_centred * gain * rstd**3
+  if not eps_inside:  # the floor's gradient is zero where it holds
+    dvar_term = jnp.where(var_n > eps, dvar_term, 0.0)
   d_w = (g2 - _column_means(g2)) * (gain * rstd) + centred * dvar_term
   d_gain = g_dot_centred * rstd
   return d_w.reshape(w.shape), d_gain.astype(gain.dtype)
@@ -459,8 +478,10 @@ class WSConv2D(hk.Module):
     padding: str = 'SAME',
     eps: float = WS_EPS,
     grouped_conv_impl: str | None = None,
+    eps_inside: bool = False,
     name: str | None = None,
   ):
+    """``eps_inside``: timm's form of the eps (see :func:`standardize_weight`)."""
     super().__init__(name=name)
     if isinstance(kernel_shape, int):
       kernel_shape = (kernel_shape, kernel_shape)
@@ -485,6 +506,7 @@ class WSConv2D(hk.Module):
     self.feature_group_count = feature_group_count
     self.padding = padding
     self.eps = eps
+    self.eps_inside = eps_inside
     self.grouped_conv_impl = grouped_conv_impl
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -506,10 +528,11 @@ class WSConv2D(hk.Module):
           'standardized_weights() is for applying parameters from '
           'standardize_params(), not for initializing them.'
         )
-      if self.eps != WS_EPS:  # standardize_params() folded with WS_EPS
+      if self.eps != WS_EPS or self.eps_inside:  # folded the official way
         raise ValueError(
-          f'{self.module_name}: eps={self.eps} is not WS_EPS={WS_EPS}, '
-          'which standardize_params() uses.'
+          f'{self.module_name}: eps={self.eps} (eps_inside={self.eps_inside}) '
+          f'is not the official WS_EPS={WS_EPS}, which standardize_params() '
+          'uses.'
         )
       weight = hk.get_parameter(
         STANDARDIZED_W, w_shape, jnp.float32, init=jnp.zeros
@@ -522,7 +545,11 @@ class WSConv2D(hk.Module):
         'gain', (self.output_channels,), jnp.float32, init=jnp.ones
       )
       weight = standardize_weight(
-        w, gain, self.eps, grad_by_dot=impl == 'split'
+        w,
+        gain,
+        self.eps,
+        grad_by_dot=impl == 'split',
+        eps_inside=self.eps_inside,
       )
     bias = hk.get_parameter(
       'bias', (self.output_channels,), jnp.float32, init=jnp.zeros
