@@ -66,3 +66,37 @@ def test_same_parameters_as_nfnet(variant):
   ours = nfnets.create_model(f'nfnet_{variant}').param_shapes(64)
   timm = nfnets.create_model(f'dm_nfnet_{variant}').param_shapes(64)
   assert weights.compare_params(timm, ours).ok
+
+
+def test_standardized_eval_folds_timm_numerics():
+  # The evaluator's path: each conv folded with its own numerics (recorded from the model)
+  # gives the unfolded forward's logits; folding dm_nfnet the official way is refused.
+  from experiments import train
+
+  model = nfnets.create_model('dm_nfnet_f0', **TINY)
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  params, state = model.init(jax.random.PRNGKey(0), images)
+  # Tiny weights, where eps inside the variance differs most from the official floor.
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, p: p * 1e-3 if path[-1].key == 'w' else p, params
+  )
+  expected = _logits('dm_nfnet_f0', params, images)
+  numerics = train.ws_numerics(model)
+  assert numerics and set(numerics.values()) == {layers.TIMM_WS}
+
+  def folded_logits(folded, numerics):
+    with layers.standardized_weights(numerics):
+      return model.apply(folded, state, None, images, False)[0]['logits']
+
+  folded = layers.standardize_params(params, numerics)
+  got = jax.jit(lambda p: folded_logits(p, numerics))(folded)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  official = layers.standardize_params(params)
+  with pytest.raises(ValueError, match='numerics'):
+    folded_logits(official, layers.OFFICIAL_WS)
+  # The official fold really is different numbers on these weights.
+  assert not np.allclose(
+    official['NFNet/~/stem_conv0']['w_standardized'],
+    folded['NFNet/~/stem_conv0']['w_standardized'],
+    rtol=1e-3,
+  )
