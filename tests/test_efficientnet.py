@@ -162,3 +162,35 @@ def test_timm_rejects_unknown_keys():
 def test_bad_variant_is_refused():
   with pytest.raises(ValueError, match='Unknown EfficientNet variant'):
     nfnets.create_model('efficientnet_b0', variant='B9').count_params()
+
+
+def test_optimizer_groups_leave_classifier_unclipped_and_bn_undecayed():
+  # The paper's recipe never clips the classifier weight, and BatchNorm's scale/offset
+  # (like every 1-D parameter) take no weight decay.
+  from nfnets import optim
+
+  model = nfnets.create_model('efficientnet_b0', num_classes=10)
+  params = model.param_shapes(64)
+  cfg = optim.default_config()
+  agc_mask = optim.agc_mask(params, cfg)
+  wd_mask = optim.weight_decay_mask(params, cfg)
+  assert agc_mask['EfficientNet/~/classifier'] == {'w': False, 'b': True}
+  assert wd_mask['EfficientNet/~/classifier'] == {'w': True, 'b': False}
+  bn = [m for m in params if m.rsplit('/', 1)[-1].startswith('bn')]
+  # bn1, bn2, then per MBConv block three (two in B0's first, which has no expansion conv).
+  assert len(bn) == 2 + 2 + 15 * 3
+  for m in bn:
+    assert set(params[m]) == {'scale', 'offset'}
+    assert wd_mask[m] == {'scale': False, 'offset': False}
+  # Convolution weights decay and are clipped; only the classifier weight is exempt.
+  unclipped = [
+    f'{m}/{n}'
+    for m, leaves in agc_mask.items()
+    for n, on in leaves.items()
+    if not on
+  ]
+  assert unclipped == ['EfficientNet/~/classifier/w']
+  assert wd_mask['EfficientNet/~/conv_stem'] == {'w': True}
+  table = optim.describe_param_groups(params, cfg)
+  line = next(r for r in table.splitlines() if 'classifier/w' in r)
+  assert ' no ' in line and ' yes' in line  # not clipped, decayed
