@@ -22,6 +22,7 @@ into pieces (stop, resume) draws exactly the numbers an unbroken run draws.
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -419,19 +420,37 @@ def make_jitted_train_step(
 # ----------------------------------------------------------------------------
 
 
+def ws_numerics(model: nfnets.Model) -> dict[str, layers.WSNumerics]:
+  """Each WSConv2D's numerics (official or timm's eps), by module name.
+
+  From an abstract trace of the model's init, so that ``layers.standardize_params`` folds
+  every convolution as its own forward pass standardizes it (``dm_nfnet_f*`` differ).
+  """
+  res = model.test_imsize or 224
+  images = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
+  with layers.recording_ws_numerics() as numerics:
+    # A fresh function each time: a cached trace would record nothing.
+    jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
+  return numerics
+
+
 def make_eval_step(
-  model: nfnets.Model, config: ml_collections.ConfigDict
+  model: nfnets.Model,
+  config: ml_collections.ConfigDict,
+  numerics: layers.Numerics | None = None,
 ) -> Callable[[Any, Any, dict], dict]:
   """Per-device eval on a masked batch; returns psum-ed counts and sums (exact totals).
 
-  ``params`` come from ``layers.standardize_params``: weights are standardized once per
-  evaluation, not in every batch's forward pass.
+  ``params`` come from ``layers.standardize_params(params, numerics)``: weights are
+  standardized once per evaluation, not in every batch's forward pass. ``numerics`` default
+  to the model's own (:func:`ws_numerics`).
   """
   dtype = eval_dtype(config)
+  numerics = ws_numerics(model) if numerics is None else numerics
 
   def eval_step(params, model_state, batch):
     images = batch['images'].astype(dtype)
-    with layers.standardized_weights():
+    with layers.standardized_weights(numerics):
       outputs, _ = model.apply(
         params, model_state, None, images, is_training=False
       )
@@ -460,9 +479,15 @@ class Evaluator:
   def __init__(self, model, config: ml_collections.ConfigDict):
     self.config = config
     self.model = model
-    self._step = jax.pmap(make_eval_step(model, config), axis_name=AXIS)
-    # Weight standardization once per evaluation, not in every batch's forward pass.
-    self._standardize = jax.pmap(layers.standardize_params)
+    numerics = ws_numerics(model)
+    self._step = jax.pmap(
+      make_eval_step(model, config, numerics), axis_name=AXIS
+    )
+    # Weight standardization once per evaluation, not in every batch's forward pass, each
+    # convolution with its own numerics.
+    self._standardize = jax.pmap(
+      functools.partial(layers.standardize_params, numerics=numerics)
+    )
 
   def batches(self, split: str, image_size: int):
     per_device = per_device_batch(

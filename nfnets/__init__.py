@@ -2,6 +2,7 @@
 
 # Each family module registers its models with registry.register_family on import.
 from nfnets import (  # noqa: F401
+  efficientnet,
   fixup_resnet,
   nf_regnet,
   nf_resnet,

@@ -20,6 +20,8 @@ GAMMAS: dict[str, float] = {
   'celu': 1.270926833152771,
   'elu': 1.2716004848480225,
   'gelu': 1.7015043497085571,
+  # timm's dm_nfnet_f* use the exact (erf) GELU with the official tanh-GELU constant.
+  'gelu_exact': 1.7015043497085571,
   'glu': 1.8484294414520264,
   'leaky_relu': 1.70590341091156,
   'log_sigmoid': 1.9193484783172607,
@@ -40,6 +42,7 @@ RAW_ACTIVATIONS: dict[str, Activation] = {
   'celu': jax.nn.celu,
   'elu': jax.nn.elu,
   'gelu': jax.nn.gelu,
+  'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
   'glu': jax.nn.glu,
   'leaky_relu': jax.nn.leaky_relu,
   'log_sigmoid': jax.nn.log_sigmoid,

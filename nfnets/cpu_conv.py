@@ -317,25 +317,36 @@ def weight_grad_batch_minor(
   )
 
 
+def floored_var(
+  var_n: jax.Array, eps: float, fan_in: int, eps_inside: bool
+) -> jax.Array:
+  """The official ``max(var * fan_in, eps)``, or timm's ``var * fan_in + eps * fan_in``."""
+  if eps_inside:
+    return var_n + eps * fan_in
+  return jnp.maximum(var_n, eps)
+
+
 def standardize_with_moments(
-  w: jax.Array, gain: jax.Array, eps: float
+  w: jax.Array, gain: jax.Array, eps: float, eps_inside: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Scaled weight standardization: ``(w_hat, mean, var * fan_in)``, moments per unit.
 
   ``w_hat = (w - mean) * rsqrt(max(var * fan_in, eps)) * gain``, fused as in the official
-  code; the moments keep their dimensions.
+  code; the moments keep their dimensions. ``eps_inside`` gives timm's ``ScaledStdConv2d``
+  form, ``(w - mean) / sqrt(var + eps) * gain / sqrt(fan_in)``, which its ``dm_nfnet_f*``
+  weights were trained with.
   """
   axes = tuple(range(w.ndim - 1))
   fan_in = int(np.prod(w.shape[:-1]))
   mean = jnp.mean(w, axis=axes, keepdims=True)
   var_n = jnp.var(w, axis=axes, keepdims=True) * fan_in
-  scale = jax.lax.rsqrt(jnp.maximum(var_n, eps)) * gain
+  scale = jax.lax.rsqrt(floored_var(var_n, eps, fan_in, eps_inside)) * gain
   return w * scale - mean * scale, mean, var_n
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def standardize_weight_dot_grad(
-  w: jax.Array, gain: jax.Array, eps: float
+  w: jax.Array, gain: jax.Array, eps: float, eps_inside: bool = False
 ) -> jax.Array:
   """Weight standardization whose gradient's per-unit sums are matrix products.
 
@@ -343,11 +354,11 @@ def standardize_weight_dot_grad(
   major ``fan_in`` axis several times slower than the closed form below as products; same
   maths, float32 rounding.
   """
-  return standardize_with_moments(w, gain, eps)[0]
+  return standardize_with_moments(w, gain, eps, eps_inside)[0]
 
 
-def _ws_fwd(w, gain, eps):
-  w_hat, mean, var_n = standardize_with_moments(w, gain, eps)
+def _ws_fwd(w, gain, eps, eps_inside):
+  w_hat, mean, var_n = standardize_with_moments(w, gain, eps, eps_inside)
   return w_hat, (w, gain, mean.reshape(-1), var_n.reshape(-1))
 
 
@@ -362,7 +373,7 @@ def column_means(x: jax.Array) -> jax.Array:
   return jnp.dot(rows, x)[0]
 
 
-def _ws_bwd(eps, residuals, g):
+def _ws_bwd(eps, eps_inside, residuals, g):
   """Closed-form WS gradient; every per-unit sum over ``fan_in`` is a matrix product.
 
   With ``c = w - mean``, ``s = gain * rsqrt(n var)`` and ``G`` the incoming gradient:
@@ -372,10 +383,12 @@ def _ws_bwd(eps, residuals, g):
   w, gain, mean, var_n = residuals
   fan_in = int(np.prod(w.shape[:-1]))
   w2, g2 = w.reshape(fan_in, -1), g.reshape(fan_in, -1)
-  rstd = jax.lax.rsqrt(jnp.maximum(var_n, eps))
+  rstd = jax.lax.rsqrt(floored_var(var_n, eps, fan_in, eps_inside))
   centred = w2 - mean
   g_dot_centred = column_means(g2 * centred) * fan_in
-  dvar_term = jnp.where(var_n > eps, -g_dot_centred * gain * rstd**3, 0.0)
+  dvar_term = -g_dot_centred * gain * rstd**3
+  if not eps_inside:  # the floor's gradient is zero where it holds
+    dvar_term = jnp.where(var_n > eps, dvar_term, 0.0)
   d_w = (g2 - column_means(g2)) * (gain * rstd) + centred * dvar_term
   d_gain = g_dot_centred * rstd
   return d_w.reshape(w.shape), d_gain.astype(gain.dtype)

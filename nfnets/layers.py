@@ -11,7 +11,8 @@ itself runs in float32 before the cast).
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import haiku as hk
 import jax
@@ -24,8 +25,24 @@ from nfnets import cpu_conv
 WS_EPS = 1e-4
 
 
+class WSNumerics(NamedTuple):
+  """How a WSConv2D adds its eps: the official floor, or timm's eps inside the variance."""
+
+  eps: float = WS_EPS
+  eps_inside: bool = False
+
+
+OFFICIAL_WS = WSNumerics()
+# timm's ScaledStdConv2d, as its dm_nfnet_f* weights were trained with.
+TIMM_WS = WSNumerics(eps=1e-5, eps_inside=True)
+
+
 def standardize_weight(
-  w: jax.Array, gain: jax.Array, eps: float = WS_EPS, grad_by_dot: bool = False
+  w: jax.Array,
+  gain: jax.Array,
+  eps: float = WS_EPS,
+  grad_by_dot: bool = False,
+  eps_inside: bool = False,
 ) -> jax.Array:
   """Scaled weight standardization (NF-ResNet paper, eq. 5), fused as in the official code.
 
@@ -36,10 +53,14 @@ def standardize_weight(
   ``grad_by_dot`` (the CPU strategy) keeps this forward but computes the gradient in closed
   form with its per-unit sums as matrix products (:func:`cpu_conv.standardize_weight_dot_grad`).
   Same maths, float32 rounding.
+
+  ``eps_inside`` gives timm's ``ScaledStdConv2d`` form instead,
+  ``(w - mean) / sqrt(var + eps) * gain / sqrt(fan_in)``, i.e.
+  ``rsqrt(var * fan_in + eps * fan_in)``, which its ``dm_nfnet_f*`` weights were tuned with.
   """
   if grad_by_dot:
-    return cpu_conv.standardize_weight_dot_grad(w, gain, eps)
-  return cpu_conv.standardize_with_moments(w, gain, eps)[0]
+    return cpu_conv.standardize_weight_dot_grad(w, gain, eps, eps_inside)
+  return cpu_conv.standardize_with_moments(w, gain, eps, eps_inside)[0]
 
 
 # The parameter that replaces a WSConv2D's ``w`` and ``gain`` in standardize_params()'s output.
@@ -48,40 +69,72 @@ _WS_PARAMS = frozenset({'w', 'gain', 'bias'})
 _standardized_state = threading.local()
 
 
+# What WSConv2D modules fold with: one WSNumerics for all, or one per module name (modules
+# missing from the mapping use OFFICIAL_WS).
+Numerics = WSNumerics | Mapping[str, WSNumerics]
+
+
+def _numerics_of(numerics: Numerics, module: str) -> WSNumerics:
+  if isinstance(numerics, WSNumerics):
+    return numerics
+  return numerics.get(module, OFFICIAL_WS)
+
+
 @contextlib.contextmanager
-def standardized_weights() -> Iterator[None]:
+def standardized_weights(numerics: Numerics = OFFICIAL_WS) -> Iterator[None]:
   """While active, WSConv2D modules read weights already standardized by standardize_params.
 
   For inference: evaluating one set of weights on many batches, standardizing once saves
   each forward pass a pass over every weight.
   Enter it inside the traced function. Parameters without ``w_standardized`` fail to apply
-  rather than run unstandardized.
+  rather than run unstandardized, and a module whose own numerics differ from the
+  ``numerics`` given here (those standardize_params() folded with) fails too.
   """
-  previous = weights_are_standardized()
-  _standardized_state.active = True
+  previous = getattr(_standardized_state, 'numerics', None)
+  _standardized_state.numerics = numerics
   try:
     yield
   finally:
-    _standardized_state.active = previous
+    _standardized_state.numerics = previous
 
 
 def weights_are_standardized() -> bool:
   """Whether WSConv2D modules traced now read ``w_standardized`` (see standardized_weights)."""
-  return getattr(_standardized_state, 'active', False)
+  return getattr(_standardized_state, 'numerics', None) is not None
 
 
-def standardize_params(params: hk.Params) -> hk.Params:
+@contextlib.contextmanager
+def recording_ws_numerics() -> Iterator[dict[str, WSNumerics]]:
+  """Yields a dict that every WSConv2D traced meanwhile enters its numerics in, by name.
+
+  Trace a model's init or forward inside it (``jax.eval_shape`` is enough) to learn what
+  standardize_params() and standardized_weights() need for a model that mixes numerics.
+  """
+  previous = getattr(_standardized_state, 'recorder', None)
+  recorded: dict[str, WSNumerics] = {}
+  _standardized_state.recorder = recorded
+  try:
+    yield recorded
+  finally:
+    _standardized_state.recorder = previous
+
+
+def standardize_params(
+  params: hk.Params, numerics: Numerics = OFFICIAL_WS
+) -> hk.Params:
   """Every WSConv2D's ``{w, gain, bias}`` as ``{w_standardized, bias}``; others unchanged.
 
-  ``w_standardized`` is exactly the weight WSConv2D convolves with (float32, WS_EPS), so a
-  model applied to the result inside standardized_weights() gives the same outputs.
+  ``w_standardized`` is exactly the weight WSConv2D convolves with (float32, each module
+  with its own ``numerics``: see recording_ws_numerics), so a model applied to the result
+  inside ``standardized_weights(numerics)`` gives the same outputs.
   WSConv2D modules are recognised by their parameter names, which no other layer here uses.
   """
   out = {}
   for module, module_params in params.items():
     if set(module_params) == _WS_PARAMS:
+      eps, eps_inside = _numerics_of(numerics, module)
       w_hat = standardize_weight(
-        module_params['w'], module_params['gain'], WS_EPS
+        module_params['w'], module_params['gain'], eps, eps_inside=eps_inside
       )
       out[module] = {STANDARDIZED_W: w_hat, 'bias': module_params['bias']}
     else:
@@ -106,8 +159,10 @@ class WSConv2D(hk.Module):
     padding: str = 'SAME',
     eps: float = WS_EPS,
     grouped_conv_impl: str | None = None,
+    eps_inside: bool = False,
     name: str | None = None,
   ):
+    """``eps_inside``: timm's form of the eps (see :func:`standardize_weight`)."""
     super().__init__(name=name)
     if isinstance(kernel_shape, int):
       kernel_shape = (kernel_shape, kernel_shape)
@@ -125,6 +180,7 @@ class WSConv2D(hk.Module):
     self.feature_group_count = feature_group_count
     self.padding = padding
     self.eps = eps
+    self.eps_inside = eps_inside
     self.grouped_conv_impl = grouped_conv_impl
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -140,16 +196,23 @@ class WSConv2D(hk.Module):
       self.output_channels,
     )
     impl = self.grouped_conv_impl or cpu_conv.default_grouped_conv_impl()
+    own = WSNumerics(self.eps, self.eps_inside)
+    recorder = getattr(_standardized_state, 'recorder', None)
+    if recorder is not None:
+      recorder[self.module_name] = own
     if weights_are_standardized():
       if hk.running_init():
         raise ValueError(
           'standardized_weights() is for applying parameters from '
           'standardize_params(), not for initializing them.'
         )
-      if self.eps != WS_EPS:  # standardize_params() folded with WS_EPS
+      folded = _numerics_of(_standardized_state.numerics, self.module_name)
+      if own != folded:
         raise ValueError(
-          f'{self.module_name}: eps={self.eps} is not WS_EPS={WS_EPS}, '
-          'which standardize_params() uses.'
+          f'{self.module_name}: its numerics {own} are not the {folded} that '
+          'standardized_weights() says the weights were folded with (the '
+          f'official WS_EPS={WS_EPS} unless given); pass the numerics '
+          'recording_ws_numerics() records.'
         )
       weight = hk.get_parameter(
         STANDARDIZED_W, w_shape, jnp.float32, init=jnp.zeros
@@ -162,7 +225,11 @@ class WSConv2D(hk.Module):
         'gain', (self.output_channels,), jnp.float32, init=jnp.ones
       )
       weight = standardize_weight(
-        w, gain, self.eps, grad_by_dot=impl == 'split'
+        w,
+        gain,
+        self.eps,
+        grad_by_dot=impl == 'split',
+        eps_inside=self.eps_inside,
       )
     bias = hk.get_parameter(
       'bias', (self.output_channels,), jnp.float32, init=jnp.zeros

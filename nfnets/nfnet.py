@@ -44,6 +44,8 @@ class NFBlock(hk.Module):
     use_two_convs: bool = True,
     stochdepth_rate: float | None = None,
     grouped_conv_impl: str | None = None,
+    ws_eps: float = layers.WS_EPS,
+    ws_eps_inside: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name)
@@ -57,7 +59,11 @@ class NFBlock(hk.Module):
     self.stride = stride
     self.use_two_convs = use_two_convs
     conv = lambda *a, **k: layers.WSConv2D(
-      *a, grouped_conv_impl=grouped_conv_impl, **k
+      *a,
+      grouped_conv_impl=grouped_conv_impl,
+      eps=ws_eps,
+      eps_inside=ws_eps_inside,
+      **k,
     )
     self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
     self.conv1 = conv(
@@ -129,8 +135,24 @@ class NFBlock(hk.Module):
   default_variant='F0',
   # stochdepth 0.25 is the paper's training recipe (the class default is the official 0.1).
   models={
-    registry.canonical_name(f'nfnet_{v}'): dict(variant=v, stochdepth_rate=0.25)
-    for v in VARIANTS
+    **{
+      registry.canonical_name(f'nfnet_{v}'): dict(
+        variant=v, stochdepth_rate=0.25
+      )
+      for v in VARIANTS
+    },
+    # timm's dm_nfnet_f0..f6: same architecture and parameters, timm's numerics (exact
+    # GELU, WS eps 1e-5 inside the variance), so timm's weights give timm's logits.
+    **{
+      f'dm_nfnet_{v.lower()}': dict(
+        variant=v,
+        stochdepth_rate=0.25,
+        activation='gelu_exact',
+        ws_eps=layers.TIMM_WS.eps,
+        ws_eps_inside=layers.TIMM_WS.eps_inside,
+      )
+      for v in ('F0', 'F1', 'F2', 'F3', 'F4', 'F5', 'F6')
+    },
   },
 )
 class NFNet(hk.Module):
@@ -152,8 +174,15 @@ class NFNet(hk.Module):
     use_two_convs: bool = True,
     group_size: int = 128,
     grouped_conv_impl: str | None = None,
+    ws_eps: float = layers.WS_EPS,
+    ws_eps_inside: bool = False,
     name: str = 'NFNet',
   ):
+    """``ws_eps``/``ws_eps_inside`` set the weight standardization's eps and its form.
+
+    The defaults are the official code's; timm's ``dm_nfnet_f*`` use ``1e-5`` inside the
+    variance (``layers.TIMM_WS``) and the exact GELU.
+    """
     super().__init__(name=name)
     params = variants.lookup(VARIANTS, variant, 'NFNet')
     layers.check_num_classes(num_classes)
@@ -166,7 +195,11 @@ class NFNet(hk.Module):
     if not 0.0 <= self.drop_rate < 1.0:
       raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
     conv = lambda *a, **k: layers.WSConv2D(
-      *a, grouped_conv_impl=grouped_conv_impl, **k
+      *a,
+      grouped_conv_impl=grouped_conv_impl,
+      eps=ws_eps,
+      eps_inside=ws_eps_inside,
+      **k,
     )
     ch = int(params['width'][0] * width) // 2
     self.stem = [
@@ -198,6 +231,8 @@ class NFNet(hk.Module):
             use_two_convs=use_two_convs,
             stochdepth_rate=stochdepth_rate * index / num_blocks,
             grouped_conv_impl=grouped_conv_impl,
+            ws_eps=ws_eps,
+            ws_eps_inside=ws_eps_inside,
           )
         )
         ch = out_ch

@@ -13,7 +13,8 @@ Parameter groups come from Haiku names, as in the official ``experiment_nfnets.p
   names containing 'gain' or 'bias', and any 0-D/1-D parameter);
 - AGC skips what ``agc_exclude`` matches: by default only ``<top module>/~/linear/w`` (or
   ``<top module>/linear/w`` when the linear is built inside ``__call__``), the final classifier
-  weight of any model whose classifier is the top-level Haiku ``linear``. The
+  weight of any model whose classifier is the top-level Haiku ``linear``, and
+  ``<top module>/~/classifier/w``, EfficientNet's (named as in timm). The
   classifier *bias* is clipped, as in the official code (its partition puts 'b' with the gains
   and biases, which keep the default clipping). Squeeze-excite linears are nested deeper, so
   they are clipped. Models with a differently named head set ``agc_exclude`` to their own
@@ -48,7 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
       clipping=0.01,  # AGC threshold; None or 0 disables AGC
       agc_eps=1e-3,
       # Regexes (re.search) over 'module/param' paths that AGC leaves alone.
-      agc_exclude=(r'^[^/]+/(~/)?linear/w$',),
+      agc_exclude=(
+        r'^[^/]+/(~/)?linear/w$',
+        r'^[^/]+/(~/)?classifier/w$',  # EfficientNet's head, named as timm's
+      ),
       # Parameter names (last path part) without weight decay; 0-D/1-D params never decay.
       no_decay_names=('gain', 'bias', 'b', 'skip_gain', 'scale', 'offset'),
       warmup_epochs=5.0,  # the trainer turns this into build_optimizer's warmup_steps

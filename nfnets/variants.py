@@ -172,6 +172,27 @@ NF_REGNET: dict[str, Variant] = {
   ),
 }
 
+# EfficientNet B0-B7 (Tan & Le 2019; the TF reference's efficientnet_params): width and depth
+# multipliers of B0's layout, one resolution for training and testing, dropout before the
+# classifier. The NFNet paper compares against these in Table 3.
+EFFICIENTNET: dict[str, Variant] = {
+  f'B{i}': dict(
+    width_mult=w, depth_mult=d, train_imsize=r, test_imsize=r, drop_rate=p
+  )
+  for i, (w, d, r, p) in enumerate(
+    (
+      (1.0, 1.0, 224, 0.2),
+      (1.0, 1.1, 240, 0.2),
+      (1.1, 1.2, 260, 0.3),
+      (1.2, 1.4, 300, 0.3),
+      (1.4, 1.8, 380, 0.4),
+      (1.6, 2.2, 456, 0.4),
+      (1.8, 2.6, 528, 0.5),
+      (2.0, 3.1, 600, 0.5),
+    )
+  )
+}
+
 
 def lookup(table: Mapping[str, Variant], variant: str, family: str) -> Variant:
   """``table[variant]``, or a ValueError that names the family and the accepted variants."""

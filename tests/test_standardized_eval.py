@@ -98,3 +98,34 @@ def test_parameters_and_mode_must_match():
   with pytest.raises(ValueError, match='WS_EPS'):
     _in_context(other_eps.apply, folded, x)
   assert not layers.weights_are_standardized()  # the context restores the mode
+
+
+def test_each_conv_folds_with_its_own_numerics():
+  # Two convolutions with different eps forms in one model: the recorded numerics fold each
+  # as its forward standardizes it (checked against float64 NumPy for the timm form).
+  def fn(x):
+    x = layers.WSConv2D(8, kernel_shape=3, name='official')(x)
+    return layers.WSConv2D(
+      4, kernel_shape=1, eps=1e-5, eps_inside=True, name='timm'
+    )(x)
+
+  net = hk.without_apply_rng(hk.transform(fn))
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 8, 8, 4))
+  with layers.recording_ws_numerics() as numerics:
+    params = net.init(jax.random.PRNGKey(0), x)
+  assert numerics == {
+    'official': layers.OFFICIAL_WS,
+    'timm': layers.WSNumerics(1e-5, True),
+  }
+  folded = layers.standardize_params(params, numerics)
+  w = np.asarray(params['timm']['w'], np.float64)
+  expected = (w - w.mean((0, 1, 2))) / np.sqrt(w.var((0, 1, 2)) + 1e-5)
+  expected /= np.sqrt(8)  # fan_in of a 1x1 conv over 8 channels
+  np.testing.assert_allclose(
+    folded['timm']['w_standardized'], expected, rtol=1e-5
+  )
+  with layers.standardized_weights(numerics):
+    got = net.apply(folded, x)
+  np.testing.assert_allclose(got, net.apply(params, x), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='numerics'):
+    _in_context(net.apply, layers.standardize_params(params), x)

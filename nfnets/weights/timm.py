@@ -1,4 +1,7 @@
-"""timm's ``dm_nfnet_f*`` state dicts <-> our NFNet params.
+"""timm's ``dm_nfnet_f*`` state dicts <-> our NFNet params (and EfficientNets).
+
+``load_timm``/``save_timm`` also read and write ``tf_efficientnet_b*`` state dicts, told apart
+by their key names; their mapping lives in :mod:`nfnets.efficientnet_timm`.
 
 timm's layout is PyTorch's: OIHW convolutions with gains shaped (O, 1, 1, 1), squeeze-excite
 linears as 1x1 convolutions, a transposed classifier. Files are ``.safetensors`` (read and
@@ -15,6 +18,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
+from nfnets import efficientnet_timm
 from nfnets.weights.params import CLASSIFIER, Params, PathLike
 
 _PREFIX = 'NFNet/~/'
@@ -242,28 +246,53 @@ def _import_torch():
   return torch
 
 
-def load_timm(path: PathLike) -> Params:
-  """Reads a timm ``dm_nfnet_f*`` checkpoint (``.safetensors`` or ``.pth``) as our params."""
-  path = os.fspath(path)
+def _read_timm(path: str) -> Mapping[str, Any]:
   if path.endswith('.safetensors'):
-    return from_timm(load_safetensors(path))
+    return load_safetensors(path)
   if path.endswith(('.pth', '.pt', '.bin')):
     torch = _import_torch()
     sd = torch.load(path, map_location='cpu', weights_only=True)
     if 'state_dict' in sd and isinstance(sd['state_dict'], Mapping):
       sd = sd['state_dict']
-    return from_timm(sd)
+    return sd
   raise ValueError(
     f'Unknown timm checkpoint extension for {path!r}; accepted: .safetensors, '
     '.pth, .pt, .bin.'
   )
 
 
+def load_timm(path: PathLike, with_state: bool = False):
+  """Reads a timm checkpoint (``.safetensors`` or ``.pth``) as our params.
+
+  ``dm_nfnet_f*`` and ``tf_efficientnet_b*`` state dicts are told apart by their key names.
+  With ``with_state`` returns ``(params, state)``: an EfficientNet's BatchNorm statistics, or
+  an empty state for an NFNet. Without it, an EfficientNet's statistics are dropped.
+  """
+  sd = _read_timm(os.fspath(path))
+  if efficientnet_timm.is_timm_efficientnet(sd):
+    params, state = efficientnet_timm.from_timm(sd)
+  else:
+    params, state = from_timm(sd), {}
+  return (params, state) if with_state else params
+
+
 def save_timm(
-  path: PathLike, params: Mapping, depths: Sequence[int] | None = None
+  path: PathLike,
+  params: Mapping,
+  depths: Sequence[int] | None = None,
+  state: Mapping | None = None,
 ) -> None:
-  """Writes our params as a timm ``dm_nfnet_f*`` state dict (``.safetensors`` or ``.pth``)."""
-  sd = to_timm(params, depths)
+  """Writes our params as a timm state dict (``.safetensors`` or ``.pth``).
+
+  NFNet params become a ``dm_nfnet_f*`` state dict; EfficientNet params, with their
+  BatchNorm ``state``, a ``tf_efficientnet_b*`` one.
+  """
+  if efficientnet_timm.is_efficientnet_params(params):
+    if state is None:
+      raise ValueError('Saving an EfficientNet for timm needs its state.')
+    sd = efficientnet_timm.to_timm(params, state)
+  else:
+    sd = to_timm(params, depths)
   path = os.fspath(path)
   if path.endswith('.safetensors'):
     save_safetensors(path, sd)
