@@ -132,15 +132,17 @@ def build_train_step(
   return step, optimizer
 
 
-def build_eval_step(model, dtype: Any = jnp.float32) -> Callable:
+def build_eval_step(model, dtype: Any = jnp.float32, numerics=None) -> Callable:
   """A jitted ``eval(params, state, images) -> logits`` (float32) in inference mode.
 
-  As train.Evaluator runs it: ``params`` come from ``layers.standardize_params``, so
-  weight standardization happens once per evaluation, outside the per-batch forward.
+  As train.Evaluator runs it: ``params`` come from ``layers.standardize_params``
+  with the model's own ``numerics`` (``train.ws_numerics``), so weight
+  standardization happens once per evaluation, outside the per-batch forward.
   """
+  numerics = train.ws_numerics(model) if numerics is None else numerics
 
   def forward(params, state, images):
-    with layers.standardized_weights():
+    with layers.standardized_weights(numerics):
       out, _ = model.apply(
         params, state, None, images.astype(dtype), is_training=False
       )
@@ -372,10 +374,10 @@ def time_eval_step(
   )
   # Initialised in training mode so that models with state (BatchNorm averages) have it.
   params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
-  params = jax.jit(layers.standardize_params)(
-    params
-  )  # once per evaluation, not timed
-  forward = build_eval_step(model, dtype)
+  numerics = train.ws_numerics(model)
+  # Once per evaluation, not timed.
+  params = jax.jit(lambda p: layers.standardize_params(p, numerics))(params)
+  forward = build_eval_step(model, dtype, numerics)
   start = time.perf_counter()
   compiled = forward.lower(params, state, images).compile()
   compile_seconds = time.perf_counter() - start
