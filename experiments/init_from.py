@@ -156,7 +156,9 @@ def merge(
     }
     for m, leaves in init_params.items()
   }
-  if not _same_shapes(source[classifier], init_params[classifier]):
+  if not _same_shapes(
+    {classifier: source[classifier]}, {classifier: init_params[classifier]}
+  ):
     theirs = np.shape(source[classifier]['w'])
     ours = np.shape(init_params[classifier]['w'])
     logging.info(
