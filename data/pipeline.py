@@ -118,6 +118,11 @@ def class_names(dataset: str, data_dir: str | None = None) -> list[str]:
   return sources.class_names(builder, source.feature_keys(builder)[1])
 
 
+def default_eval_preproc(dataset: str) -> str:
+  """The eval preprocessing `build_input` uses for `dataset` when none is given."""
+  return _source(dataset).default_eval_preproc
+
+
 def num_examples(dataset: str, split: str, data_dir: str | None = None) -> int:
   """Examples in a split over all processes, from the prepared dataset's metadata."""
   _check_split(dataset, split)

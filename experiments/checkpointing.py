@@ -151,6 +151,41 @@ class Checkpointer:
       self._move_aside(bad)
     return restored
 
+  def restore_leaves(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """Newest readable checkpoint without a template: ``(meta, {leaf path: array})``.
+
+    The leaf paths are ``jax.tree_util.keystr`` of the saved state (e.g.
+    ``.ema_params['NFNet/~/linear']['w']``), so a tool that knows only the workdir (predict,
+    ``init_from``) reads the params without rebuilding the optimizer. Read-only: an
+    unreadable checkpoint is logged and skipped, never moved. None if none is readable.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        meta = self._read_meta(step)
+        described = meta['leaves']
+        target = {
+          _leaf_key(i): np.zeros(shape, jax.numpy.dtype(dtype))
+          for i, (_, shape, dtype) in enumerate(described)
+        }
+        flat = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )['state']
+        leaves = {
+          path: np.asarray(flat[_leaf_key(i)])
+          for i, (path, _, _) in enumerate(described)
+        }
+        logging.info('Read checkpoint %d from %s.', step, self.directory)
+        return meta, leaves
+      except Exception as e:  # noqa: BLE001 - any failure to read means: try older
+        logging.warning(
+          'Checkpoint %d in %s is unreadable (%s: %s); trying an older one.',
+          step,
+          self.directory,
+          type(e).__name__,
+          e,
+        )
+    return None
+
   def _move_aside(self, steps: list[int]) -> None:
     if jax.process_index() == 0:
       aside = os.path.join(self.directory, 'corrupt')

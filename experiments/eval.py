@@ -1,5 +1,10 @@
-r"""Evaluate a checkpoint: `python -m experiments.eval --config=nfnet_f0 --workdir=DIR`,
-or published weights: `... --config=nfnet_f0 --config.data_dir=DIR --weights=F0_haiku.npz`.
+r"""Evaluate a training run: `python -m experiments.eval --workdir=DIR` (the run's recorded
+config and dataset, any of them: ImageNet, `tfds:NAME`, `folder:ROOT`, the digits), the same
+with another config `--config=nfnet_f0 --workdir=DIR`, or published weights:
+`... --config=nfnet_f0 --config.data_dir=DIR --weights=F0_haiku.npz`.
+
+`--split` takes the dataset's own split names with TFDS slicing (`validation`, `test[:50%]`,
+`val` of a folder) as well as `train`, `valid`, `train_minus_valid` and `test`.
 
 Reports top-1, top-5, mean loss and images/s on a split (default: the config's eval split) at
 the variant's test resolution (or --config.eval_imsize). Uses the EMA params when the config
@@ -11,17 +16,17 @@ import sys
 
 from absl import app, flags, logging
 
-from data import pipeline
-from experiments import config_lib, evaluate, train
+from experiments import config_lib, evaluate, run_info, train
 
 # --config and --workdir (the training run's) are train.py's flags.
 _CONFIG = train.CONFIG
 _WORKDIR = train.WORKDIR
-_SPLIT = flags.DEFINE_enum(
+_SPLIT = flags.DEFINE_string(
   'split',
   None,
-  list(pipeline.SPLITS),
-  'Split to evaluate (default: config.eval_split).',
+  'Split to evaluate (default: config.eval_split): train, valid, '
+  "train_minus_valid, test, or the dataset's own (TFDS slicing allowed, e.g. "
+  "'validation[:1000]').",
 )
 _WEIGHTS = flags.DEFINE_string(
   'weights',
@@ -37,22 +42,26 @@ _USE_EMA = flags.DEFINE_bool(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  if _CONFIG.value is None or not (_WORKDIR.value or _WEIGHTS.value):
+  if _WEIGHTS.value and _CONFIG.value is None:
+    raise app.UsageError('--weights=FILE needs --config=NAME (the model).')
+  if not (_WORKDIR.value or _WEIGHTS.value):
     raise app.UsageError(
-      'Pass --config=NAME and --workdir=DIR (or --weights=FILE).'
+      'Pass --workdir=DIR (a training run) or --config=NAME --weights=FILE.'
     )
+  # Without --config, the config the run recorded (experiments/run_info.py).
+  config = _CONFIG.value
+  if config is None:
+    config = run_info.read_config(_WORKDIR.value)
   train.configure_runtime()
   if _WEIGHTS.value:
-    r = evaluate.evaluate_weights(
-      _CONFIG.value, _WEIGHTS.value, split=_SPLIT.value
-    )
+    r = evaluate.evaluate_weights(config, _WEIGHTS.value, split=_SPLIT.value)
   else:
     r = evaluate.evaluate_checkpoint(
-      _CONFIG.value, _WORKDIR.value, split=_SPLIT.value, use_ema=_USE_EMA.value
+      config, _WORKDIR.value, split=_SPLIT.value, use_ema=_USE_EMA.value
     )
   logging.info('%s', r)
   print(
-    f'{_CONFIG.value.name or _CONFIG.value.model} (step {r["step"]}) on {r["split"]} '
+    f'{config.name or config.model} (step {r["step"]}) on {r["split"]} '
     f'({r["params"]} params, {r["image_size"]} px): top-1 {r["top1"]:.4f}  top-5 '
     f'{r["top5"]:.4f}  loss {r["loss"]:.4f}  {r["count"]} images  '
     f'{r["images_per_sec"]:.1f} img/s'

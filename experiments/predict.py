@@ -9,6 +9,15 @@ r"""Classifies image files with an NFNet checkpoint or the published weights; pr
 variant's test resolution. For 1000-class models the names are the ImageNet synset ids and
 readable names that TFDS ships (``n01440764 tench, Tinca tinca`` ...); ``--class_names`` takes
 a file of names instead (one per line, in class order).
+
+A training run's workdir holds all of that (experiments/run_info.py records its config and the
+class names of the dataset it was trained on):
+
+    python -m experiments.predict --workdir=/tmp/run cat.jpg dog.png
+
+loads the run's newest checkpoint (EMA params unless ``--use_ema=false``) and prints the names
+of the run's classes (ImageNet's synset ids and readable names for an ImageNet run) at the run's
+eval resolution and preprocessing.
 """
 
 import importlib.resources
@@ -21,7 +30,8 @@ from absl import app, flags, logging
 from PIL import Image
 
 import nfnets
-from data import preprocess
+from data import pipeline, preprocess
+from experiments import init_from, run_info
 from nfnets import weights
 
 
@@ -121,15 +131,19 @@ def jitted_apply(model: nfnets.Model):
 
 
 def predict(
-  model: nfnets.Model, params, batch: np.ndarray, top_k: int = 5
+  model: nfnets.Model,
+  params,
+  batch: np.ndarray,
+  top_k: int = 5,
+  model_state=None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Returns ``(indices, probabilities)`` of the ``top_k`` classes, each ``[N, top_k]``."""
   if not 1 <= top_k <= model.num_classes:
     raise ValueError(f'top_k must be in [1, {model.num_classes}], got {top_k}.')
   logits = np.asarray(
-    jitted_apply(model)(params, {}, jax.random.PRNGKey(0), batch, False)[0][
-      'logits'
-    ]
+    jitted_apply(model)(
+      params, model_state or {}, jax.random.PRNGKey(0), batch, False
+    )[0]['logits']
   )
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   order = np.argsort(-logits, axis=-1, kind='stable')[:, :top_k]
@@ -162,10 +176,73 @@ def run(
     model.num_classes,
   )
   names = class_names(model.num_classes, names_file)
+  return _classify(
+    model, params, {}, names, image_paths, size, eval_preproc, top_k
+  )
+
+
+def run_class_names(info: dict) -> list[str]:
+  """A run's class names; an ImageNet run's get the readable names next to the synset ids."""
+  names = list(info['class_names'])
+  if len(names) == 1000 and names == imagenet_class_ids():
+    return class_names(1000)
+  return names
+
+
+def run_workdir(
+  workdir: str,
+  image_paths: Sequence[str],
+  top_k: int = 5,
+  use_ema: bool | None = None,
+) -> list[list[tuple[str, float]]]:
+  """Classifies ``image_paths`` with the newest checkpoint of the training run in ``workdir``
+  and the class names of the dataset it was trained on; prints and returns the top-k."""
+  if not image_paths:
+    raise ValueError(
+      'No image files given; pass JPEG or PNG paths as arguments.'
+    )
+  config = run_info.read_config(workdir)
+  info = run_info.read(workdir)
+  ema = config.optimizer.use_ema if use_ema is None else use_ema
+  params, model_state, step = init_from.load_run(workdir, ema)
+  model = nfnets.create_model(
+    config.model,
+    num_classes=info['num_classes'],
+    **config.model_kwargs.to_dict(),
+  )
+  size = config.eval_imsize or model.test_imsize
+  weights.check_params(
+    params, model.param_shapes(size), source=f'{workdir} (step {step})'
+  )
+  eval_preproc = config.eval_preproc or pipeline.default_eval_preproc(
+    info['dataset']
+  )
+  logging.info(
+    '%s step %d (%s params) at %dx%d (%s), %d classes of %s',
+    workdir,
+    step,
+    'EMA' if ema else 'raw',
+    size,
+    size,
+    eval_preproc,
+    model.num_classes,
+    info['dataset'],
+  )
+  names = run_class_names(info)
+  # A run on fewer than five classes prints them all.
+  top_k = min(top_k, model.num_classes)
+  return _classify(
+    model, params, model_state, names, image_paths, size, eval_preproc, top_k
+  )
+
+
+def _classify(
+  model, params, model_state, names, image_paths, size, eval_preproc, top_k
+) -> list[list[tuple[str, float]]]:
   batch = preprocess_images(
     [load_image(p) for p in image_paths], size, eval_preproc
   )
-  indices, probs = predict(model, params, batch, top_k)
+  indices, probs = predict(model, params, batch, top_k, model_state)
   results = []
   for path, idx, prob in zip(image_paths, indices, probs):
     print(os.path.basename(path))
@@ -185,7 +262,17 @@ def _define_flags() -> None:
     'weights',
     None,
     'Official F*_haiku.npz, our .npz, or timm .safetensors/.pth.',
-    required=True,
+  )
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    "A training run's workdir: its newest checkpoint, config and class names "
+    '(instead of --weights and --model).',
+  )
+  flags.DEFINE_bool(
+    'use_ema',
+    None,
+    "With --workdir: EMA params (default: the run's config.optimizer.use_ema).",
   )
   flags.DEFINE_integer(
     'image_size', None, "Input size; default the variant's test size."
@@ -203,6 +290,11 @@ def _define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
+  if bool(f.weights) == bool(f.workdir):
+    raise app.UsageError('Pass exactly one of --weights=FILE or --workdir=DIR.')
+  if f.workdir:
+    run_workdir(f.workdir, argv[1:], top_k=f.top_k, use_ema=f.use_ema)
+    return
   run(
     f.model,
     f.weights,

@@ -42,8 +42,8 @@ from ml_collections import config_flags
 
 import nfnets
 from data import pipeline
-from experiments import checkpointing, config_lib, run_info
-from nfnets import layers, optim, runtime, sam, weights
+from experiments import checkpointing, config_lib, init_from, run_info
+from nfnets import layers, optim, runtime, sam
 
 # Flags of the entry points (eval.py and demo.py read the same ones).
 CONFIG = config_flags.DEFINE_config_file(
@@ -246,23 +246,6 @@ def init_state(
     return params, model_state
 
   params, model_state = _init(init_rng)
-  if config.get('require_pretrained') and not config.get('pretrained'):
-    raise ValueError(
-      f'Config {config.name!r} fine-tunes published weights: pass '
-      '--config.pretrained=PATH (e.g. F0_haiku.npz).'
-    )
-  if config.get('pretrained'):
-    # Fine-tuning: every tensor from the file; a new N(0, 0.01) classifier when the class
-    # count differs. The file is checked name by name against the model first.
-    loaded = weights.load_pretrained_for_finetune(
-      config.pretrained, model, rng=init_rng, resolution=image_size
-    )
-    params = jax.tree_util.tree_map(jnp.asarray, loaded)
-    logging.info(
-      'Initialised %d tensors from %s.',
-      len(jax.tree_util.tree_leaves(params)),
-      config.pretrained,
-    )
   opt_state = optimizer.init(params)
   ema_params = jax.tree_util.tree_map(jnp.copy, params)
   return TrainState(
@@ -870,7 +853,13 @@ def train_and_evaluate(
     identity=setup.identity,
   )
   restored = ckpt.restore(template)
-  state = restored if restored is not None else jax.device_get(template)
+  # A new run may start from another run's or a file's params (config.init_from); a
+  # resumed run continues from its own checkpoint only.
+  state = restored
+  if state is None:
+    state = init_from.initial_state(
+      jax.device_get(template), config, setup.model, setup.optimizer
+    )
   start = int(state.step)
   if start == 0:
     logging.info(
@@ -880,7 +869,7 @@ def train_and_evaluate(
   else:
     logging.info('Resuming at step %d.', start)
   if batches_fn is None and jax.process_index() == 0:
-    run_info.write(workdir, config.dataset, config.data_dir)
+    run_info.write(workdir, config.dataset, config.data_dir, config)
   writer = _Writer(workdir)
   stop = _StopFlag()
   previous_handler = signal.signal(signal.SIGTERM, stop)

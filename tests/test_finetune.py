@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import nfnets
-from experiments import config_lib, train
+from experiments import config_lib, init_from, train
 from nfnets import weights
 
 TINY_KWARGS = dict(
@@ -31,12 +31,22 @@ def _official_file(tmp_path):
   return path, params
 
 
-def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path):
+def _first_state(config, image_size=32):
+  """The state a new run starts from (what train_and_evaluate trains from at step 0)."""
+  setup = train.build_setup(config)
+  template = train.init_state(setup.model, setup.optimizer, config, image_size)
+  return init_from.initial_state(
+    jax.device_get(template), config, setup.model, setup.optimizer
+  )
+
+
+@pytest.mark.parametrize('field', ['init_from', 'pretrained'])
+def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path, field):
   path, published = _official_file(tmp_path)
   config = config_lib.get_config(
     'finetune',
     [
-      f'pretrained={path}',
+      f'{field}={path}',
       'train_imsize=32',
       'eval_imsize=32',
       'num_train_steps=2',
@@ -46,8 +56,7 @@ def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path):
     ],
   )
   config.model_kwargs.update(TINY_KWARGS)
-  setup = train.build_setup(config)
-  state = train.init_state(setup.model, setup.optimizer, config, 32)
+  state = _first_state(config)
   for module, leaves in published.items():
     for name, value in leaves.items():
       got = np.asarray(state.params[module][name])
@@ -60,6 +69,10 @@ def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path):
     10,
   )  # the digits have 10 classes, the file 1000
   assert classifier.std() == pytest.approx(0.01, rel=0.1)
+  if (
+    field == 'pretrained'
+  ):  # the alias is the same mechanism: training ran above
+    return
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert result['eval']['count'] == 1000
   assert all(np.isfinite(m['loss']) for _, m in result['history'])
@@ -75,8 +88,12 @@ def test_finetune_starts_from_the_file_with_a_new_classifier(tmp_path):
 
 def test_finetune_requires_weights():
   config = config_lib.get_config('finetune')
-  with pytest.raises(ValueError, match='--config.pretrained=PATH'):
-    train.init_state(train.build_setup(config).model, None, config, 32)
+  with pytest.raises(ValueError, match='--config.init_from=WORKDIR_OR_WEIGHTS'):
+    _first_state(config)
+  config.pretrained = '/a.npz'
+  config.init_from = '/b.npz'
+  with pytest.raises(ValueError, match='set only init_from'):
+    _first_state(config)
 
 
 def test_finetune_rejects_weights_of_another_model(tmp_path):
@@ -84,6 +101,5 @@ def test_finetune_rejects_weights_of_another_model(tmp_path):
   config = config_lib.get_config(
     'finetune', [f'pretrained={path}']
   )  # full-width F0
-  setup = train.build_setup(config)
   with pytest.raises(ValueError, match='does not fit nfnet_f0'):
-    train.init_state(setup.model, setup.optimizer, config, 32)
+    _first_state(config)

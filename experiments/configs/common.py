@@ -14,8 +14,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.model_kwargs = (
     ml_collections.ConfigDict()
   )  # overrides of the model's arguments
-  # Weights to start from (official F*_haiku.npz, our .npz, timm .safetensors/.pth); the
-  # classifier is replaced when the class count differs. None: random init.
+  # Start a new run from a finished run's workdir (its newest checkpoint) or a weights file
+  # (official F*_haiku.npz, our .npz, timm .safetensors/.pth) with a fresh optimizer and
+  # schedule; the classifier is re-initialised when the class count differs
+  # (experiments/init_from.py). '': random init. A resumed run ignores it.
+  config.init_from = ''
+  config.init_from_ema = (
+    True  # from a workdir: its EMA params (False: the raw ones)
+  )
+  # The older name of init_from, still accepted.
   config.pretrained = config_dict.placeholder(str)
   # Data.
   config.dataset = 'imagenet2012'

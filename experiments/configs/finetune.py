@@ -1,11 +1,13 @@
-"""Fine-tune published NFNet weights on another dataset (default: the embedded digits).
+"""Fine-tune published NFNet weights or a finished run on another dataset (default: the digits).
 
     python -m experiments.train --config=finetune --workdir=/tmp/ft \
-        --config.pretrained=F0_haiku.npz [--config.model=nfnet_f1 --config.pretrained=F1_haiku.npz]
+        --config.init_from=F0_haiku.npz [--config.model=nfnet_f1 --config.init_from=F1_haiku.npz]
 
-Every tensor but the classifier comes from `pretrained` (official pickle, our .npz, timm
-.safetensors/.pth; names and shapes are checked against the model); the classifier is
-re-initialised N(0, 0.01) for the dataset's class count. The recipe is the paper's optimizer at
+Every tensor but the classifier comes from `init_from` (experiments/init_from.py: a run's
+workdir, or an official pickle, our .npz, timm .safetensors/.pth; names and shapes are checked
+against the model); the classifier is kept when the class count matches and otherwise
+re-initialised N(0, 0.01) for the dataset's class count. `--config.pretrained=FILE`, the older
+name, still works. The recipe is the paper's optimizer at
 a fine-tuning learning rate: short warmup, cosine, AGC 0.01 (the new classifier is excluded as
 always), no RandAugment/MixUp/CutMix, dropout 0.2.
 
@@ -30,8 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict(
     dict(drop_rate=0.2, stochdepth_rate=0.1)
   )
-  # Required (config.pretrained=PATH): the run refuses to start from random weights by accident.
-  config.require_pretrained = True
+  # Required (config.init_from=PATH): the run refuses to start from random weights by accident.
+  config.require_init_from = True
   config.dataset = 'embedded_mnist'
   config.train_split = 'train'
   config.eval_split = 'test'
