@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
 
-from nfnets import layers, variants
+from nfnets import activations, layers, registry, variants
 
 STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # 7x7 conv (2) x max pool (2) x stages (1 * 2 * 2 * 2)
@@ -96,13 +97,29 @@ def build_stages(
   ``make_block(in_ch, out_ch, stride, index)`` builds block ``index`` (counted over the
   whole network); the first block of each stage takes the stage's stride.
   """
-  blocks, ch, index = [], in_ch, 0
-  for base, depth, stride in zip(variants.RESNET_BASE_WIDTHS, depths, STRIDES):
-    for i in range(depth):
-      out_ch = int(base * width)
-      blocks.append(make_block(ch, out_ch, stride if i == 0 else 1, index))
-      ch, index = out_ch, index + 1
-  return blocks
+  widths = [int(base * width) for base in variants.RESNET_BASE_WIDTHS]
+  layout = layers.stage_layout(in_ch, widths, depths, STRIDES)
+  return [
+    make_block(block_in, block_out, stride, index)
+    for index, (block_in, block_out, stride, _) in enumerate(layout)
+  ]
+
+
+def register_resnet_family(
+  family: str, **prefixes: dict
+) -> Callable[[type], type]:
+  """Registers ``{prefix}_{26,38,50,...}`` for each ResNet depth, per ``prefix=kwargs``."""
+  return registry.register_family(
+    family,
+    variants.RESNET,
+    default_variant='ResNet50',
+    imsize=variants.RESNET_IMSIZE,
+    models={
+      f'{prefix}_{v.removeprefix("ResNet")}': dict(variant=v, **kwargs)
+      for prefix, kwargs in prefixes.items()
+      for v in variants.RESNET
+    },
+  )
 
 
 def stem_pool(x: jax.Array) -> jax.Array:
@@ -117,6 +134,30 @@ class ResNetBase(hk.Module):
 
   blocks: list
   num_classes: int
+
+  def init_stem(
+    self,
+    variant: str,
+    num_classes: int,
+    drop_rate: float,
+    width: float,
+    activation: str,
+    fc_init: hk.initializers.Initializer | None,
+  ) -> tuple[int, ...]:
+    """Checks the shared arguments; builds the 7x7 stem and classifier; returns depths."""
+    depths = check_common(variant, num_classes, drop_rate)
+    self.num_classes, self.drop_rate = num_classes, drop_rate
+    # Plain (not gamma-scaled) nonlinearity: these networks do not rely on gamma.
+    if activation not in activations.RAW_ACTIVATIONS:
+      raise ValueError(
+        f'Unknown activation {activation!r}; accepted: '
+        f'{sorted(activations.RAW_ACTIVATIONS)}.'
+      )
+    self.activation = activations.RAW_ACTIVATIONS[activation]
+    self.stem_ch = int(16 * width)
+    self.initial_conv = he_conv(self.stem_ch, 7, 2, name='initial_conv')
+    self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
+    return depths
 
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds of one image at ``h x w`` (official per-conv rule)."""

@@ -10,11 +10,11 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, baseline_layers, layers, registry, variants
+from nfnets import baseline_layers, layers
 from nfnets.baseline_layers import ResNetBase, he_conv
 
 
-class FixupBlock(hk.Module):
+class FixupBlock(layers.ResidualBlock):
   """Post-activation Fixup bottleneck: scalar biases around every conv, a scalar scale."""
 
   def __init__(
@@ -27,10 +27,10 @@ class FixupBlock(hk.Module):
     stochdepth_rate: float | None = None,
     name: str | None = None,
   ):
-    super().__init__(name=name)
-    self.in_ch, self.out_ch, self.width = in_ch, out_ch, out_ch // 4
-    self.stride, self.activation = stride, activation
-    self.use_projection = stride > 1 or in_ch != out_ch
+    super().__init__(
+      in_ch, out_ch, stride, activation, stochdepth_rate, name=name
+    )
+    self.width = out_ch // 4
     depth_scale = (
       num_blocks**-0.25
     )  # Fixup: L^(-1/(2m-2)) with m = 3 convs per branch
@@ -57,11 +57,6 @@ class FixupBlock(hk.Module):
         name='conv_shortcut',
         w_init=normal(math.sqrt(2 / out_ch)),
       )
-    self.has_stochdepth = (
-      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-    )
-    if self.has_stochdepth:
-      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
   def __call__(
     self, x: jax.Array, is_training: bool
@@ -76,22 +71,13 @@ class FixupBlock(hk.Module):
     out = self.activation(out + scalar('bias2b'))
     out = self.conv2(out + scalar('bias3a'))
     out = out * scalar('scale', jnp.ones) + scalar('bias3b')
-    res_avg_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
-    if self.has_stochdepth:
-      out = self.stoch_depth(out, is_training)
+    out, res_avg_var = layers.measure_and_drop(
+      out, self.stoch_depth, is_training
+    )
     return self.activation(out + shortcut), res_avg_var
 
 
-@registry.register_family(
-  'ResNet',  # the ResNet variant table
-  variants.RESNET,
-  default_variant='ResNet50',
-  imsize=variants.RESNET_IMSIZE,
-  models={
-    f'fixup_resnet_{v.removeprefix("ResNet")}': dict(variant=v)
-    for v in variants.RESNET
-  },
-)
+@baseline_layers.register_resnet_family('ResNet', fixup_resnet={})
 class FixupResNet(ResNetBase):
   """Fixup ResNet (official ``fixup_resnet.py``)."""
 
@@ -107,11 +93,9 @@ class FixupResNet(ResNetBase):
     name: str = 'FixUp_ResNet',
   ):
     super().__init__(name=name)
-    depths = baseline_layers.check_common(variant, num_classes, drop_rate)
-    self.num_classes, self.drop_rate = num_classes, drop_rate
-    self.activation = activations.RAW_ACTIVATIONS[activation]
-    self.stem_ch = int(16 * width)
-    self.initial_conv = he_conv(self.stem_ch, 7, 2, name='initial_conv')
+    depths = self.init_stem(
+      variant, num_classes, drop_rate, width, activation, fc_init
+    )
     self.blocks = baseline_layers.build_stages(
       depths,
       width,
@@ -126,7 +110,6 @@ class FixupResNet(ResNetBase):
         name='res_block',
       ),
     )
-    self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
 
   def __call__(
     self, x: jax.Array, is_training: bool, return_metrics: bool = False

@@ -10,8 +10,9 @@ itself runs in float32 before the cast).
 """
 
 import contextlib
+import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import haiku as hk
@@ -390,6 +391,16 @@ def pooled_shortcut(
   return shortcut
 
 
+def measure_and_drop(
+  branch: jax.Array, stoch_depth: StochDepth | None, is_training: bool
+) -> tuple[jax.Array, jax.Array]:
+  """Stochastic depth on a residual branch, and its ``res_avg_var`` metric before it."""
+  res_avg_var = jnp.mean(jnp.var(branch.astype(jnp.float32), axis=(0, 1, 2)))
+  if stoch_depth is not None:
+    branch = stoch_depth(branch, is_training)
+  return branch, res_avg_var
+
+
 def residual_merge(
   branch: jax.Array,
   shortcut: jax.Array,
@@ -404,14 +415,114 @@ def residual_merge(
   each block starts as the identity on its shortcut) in the calling module. Also returns the
   branch's average channel variance before stochastic depth, the ``res_avg_var`` metric.
   """
-  res_avg_var = jnp.mean(jnp.var(branch.astype(jnp.float32), axis=(0, 1, 2)))
-  if stoch_depth is not None:
-    branch = stoch_depth(branch, is_training)
+  branch, res_avg_var = measure_and_drop(branch, stoch_depth, is_training)
   skip_gain = hk.get_parameter(
     'skip_gain', (), jnp.float32, init=hk.initializers.Constant(skip_init)
   )
   branch = branch * skip_gain.astype(branch.dtype)
   return branch * jnp.asarray(alpha, branch.dtype) + shortcut, res_avg_var
+
+
+class ResidualBlock(hk.Module):
+  """What every residual block here shares: widths, stride, projection, stochastic depth.
+
+  Subclasses build their convolutions after calling this constructor; NF blocks end their
+  ``__call__`` with :meth:`merge`.
+  """
+
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    stride: int,
+    activation: Callable[[jax.Array], jax.Array],
+    stochdepth_rate: float | None = None,
+    beta: float = 1.0,
+    alpha: float = 1.0,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+    self.activation = activation
+    self.beta, self.alpha = beta, alpha
+    # A block that changes resolution or width needs a projection shortcut.
+    self.use_projection = stride > 1 or in_ch != out_ch
+    self.stoch_depth = None
+    if stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0:
+      self.stoch_depth = StochDepth(stochdepth_rate)
+
+  @property
+  def has_stochdepth(self) -> bool:
+    return self.stoch_depth is not None
+
+  def pre_activate(self, x: jax.Array) -> jax.Array:
+    """``act(x) * beta``: the NF branch input, scaled back to unit variance."""
+    return self.activation(x) * jnp.asarray(self.beta, x.dtype)
+
+  def merge(
+    self,
+    branch: jax.Array,
+    shortcut: jax.Array,
+    is_training: bool,
+    skip_init: float = 0.0,
+  ) -> tuple[jax.Array, jax.Array]:
+    """:func:`residual_merge` with this block's ``alpha`` and stochastic depth."""
+    return residual_merge(
+      branch, shortcut, self.alpha, self.stoch_depth, is_training, skip_init
+    )
+
+
+def stage_layout(
+  in_ch: int,
+  widths: Sequence[int],
+  depths: Sequence[int],
+  strides: Sequence[int],
+) -> list[tuple[int, int, int, bool]]:
+  """``(in_ch, out_ch, stride, first_of_stage)`` of every block, stage by stage.
+
+  The first block of each stage takes the stage's stride and width change.
+  """
+  layout, ch = [], in_ch
+  for out_ch, depth, stride in zip(widths, depths, strides, strict=True):
+    for i in range(depth):
+      layout.append((ch, out_ch, stride if i == 0 else 1, i == 0))
+      ch = out_ch
+  return layout
+
+
+def build_nf_stages(
+  in_ch: int,
+  widths: Sequence[int],
+  depths: Sequence[int],
+  strides: Sequence[int],
+  alpha: float,
+  stochdepth_rate: float,
+  make_block: Callable[..., hk.Module],
+) -> list[hk.Module]:
+  """The blocks of an NF network, each told the expected std of its input.
+
+  Calls ``make_block(in_ch, out_ch, index=, stride=, beta=, stochdepth_rate=)`` for block
+  ``index`` (counted over the network); ``beta = 1 / expected_std`` and the stochastic depth
+  rate grows linearly with depth, as in the official code.
+  """
+  layout = stage_layout(in_ch, widths, depths, strides)
+  blocks, expected_std = [], 1.0
+  for index, (block_in, block_out, stride, first) in enumerate(layout):
+    blocks.append(
+      make_block(
+        block_in,
+        block_out,
+        index=index,
+        stride=stride,
+        beta=1.0 / expected_std,
+        stochdepth_rate=stochdepth_rate * index / len(layout),
+      )
+    )
+    # A transition block resets the expected std, then every block grows it.
+    if first:
+      expected_std = 1.0
+    expected_std = math.sqrt(expected_std**2 + alpha**2)
+  return blocks
 
 
 def run_blocks(

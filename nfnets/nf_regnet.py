@@ -7,8 +7,6 @@ f(act(x) * beta)`` and SiLU. Widths, depths, resolutions and dropout follow the 
 release's ``nf_regnet_params``; module names follow its ``nf_regnet.py`` (``NF_RegNet/~/nf_block``).
 """
 
-import math
-
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,7 @@ VARIANTS = variants.NF_REGNET
 TOTAL_STRIDE = 32  # stem (2) x four stride-2 stages
 
 
-class NFBlock(hk.Module):
+class NFBlock(layers.ResidualBlock):
   """NF-RegNet inverted bottleneck; every block of a stage but the first keeps its width."""
 
   def __init__(
@@ -38,10 +36,9 @@ class NFBlock(hk.Module):
     stochdepth_rate: float | None = None,
     name: str | None = None,
   ):
-    super().__init__(name=name)
-    self.in_ch, self.out_ch = in_ch, out_ch
-    self.activation = activation
-    self.beta, self.alpha = beta, alpha
+    super().__init__(
+      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
+    )
     # Round the expanded width down to whole groups of ``group_size`` channels.
     self.groups = int(in_ch * expansion) // group_size
     if self.groups < 1:
@@ -50,7 +47,6 @@ class NFBlock(hk.Module):
         f'group_size={group_size}; widen the network or shrink the groups.'
       )
     self.width = group_size * self.groups
-    self.stride = stride
     self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
     self.conv1 = layers.WSConv2D(
       self.width,
@@ -60,23 +56,17 @@ class NFBlock(hk.Module):
       name='conv1',
     )
     self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
-    self.use_projection = stride > 1 or in_ch != out_ch
     if self.use_projection:
       self.conv_shortcut = layers.WSConv2D(
         out_ch, kernel_shape=1, name='conv_shortcut'
       )
     self.se = layers.SqueezeExcite(self.width, self.width, se_ratio)
-    self.has_stochdepth = (
-      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-    )
-    if self.has_stochdepth:
-      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
   def __call__(
     self, x: jax.Array, is_training: bool
   ) -> tuple[jax.Array, jax.Array]:
     """Returns the block output and the residual branch's average channel variance."""
-    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    out = self.pre_activate(x)
     shortcut = layers.pooled_shortcut(
       x, out, self.stride, self.conv_shortcut if self.use_projection else None
     )
@@ -86,13 +76,7 @@ class NFBlock(hk.Module):
       self.se(out) * 2
     ) * out  # SE on the expanded width, before the projection.
     out = self.conv2(self.activation(out))
-    return layers.residual_merge(
-      out,
-      shortcut,
-      self.alpha,
-      self.stoch_depth if self.has_stochdepth else None,
-      is_training,
-    )
+    return self.merge(out, shortcut, is_training)
 
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds at input size ``h x w``, as the official ``NFBlock.count_flops``."""
@@ -147,32 +131,25 @@ class NFRegNet(hk.Module):
     self.initial_conv = layers.WSConv2D(
       ch, kernel_shape=3, stride=2, name='initial_conv'
     )
-    self.blocks = []
-    expected_std = 1.0
-    num_blocks = sum(params['depth'])
-    index = 0
-    for block_width, stage_depth in zip(params['width'], params['depth']):
-      for block_index in range(stage_depth):
-        out_ch = int(block_width * width)
-        self.blocks.append(
-          NFBlock(
-            ch,
-            out_ch,
-            expansion=1 if index == 0 else expansion,  # EffNet's first block
-            se_ratio=se_ratio,
-            group_size=group_size,
-            stride=2 if block_index == 0 else 1,
-            beta=1.0 / expected_std,
-            alpha=alpha,
-            activation=self.activation,
-            stochdepth_rate=stochdepth_rate * index / num_blocks,
-          )
-        )
-        ch = out_ch
-        index += 1
-        if block_index == 0:
-          expected_std = 1.0
-        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    self.blocks = layers.build_nf_stages(
+      ch,
+      [int(w * width) for w in params['width']],
+      params['depth'],
+      (2,) * len(params['depth']),  # every stage halves the resolution
+      alpha,
+      stochdepth_rate,
+      lambda in_ch, out_ch, index, **kw: NFBlock(
+        in_ch,
+        out_ch,
+        expansion=1 if index == 0 else expansion,  # EffNet's first block
+        se_ratio=se_ratio,
+        group_size=group_size,
+        alpha=alpha,
+        activation=self.activation,
+        **kw,
+      ),
+    )
+    ch = self.blocks[-1].out_ch
     # EfficientNet-style head: 1280 channels for a 440-wide last stage, scaled with it.
     self.final_conv = layers.WSConv2D(
       int(1280 * ch // 440), kernel_shape=1, name='final_conv'

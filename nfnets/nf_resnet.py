@@ -9,11 +9,8 @@ Module and parameter names equal the official release's (``NF_ResNet/~/initial_c
 ``NF_ResNet/~/nf_res_block_3/~/conv1``, ...), so checkpoints in its layout load unchanged.
 """
 
-import math
-
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from nfnets import activations, layers, registry, variants
 
@@ -23,7 +20,7 @@ _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # 7x7 conv (2) x max pool (2) x stages (1 * 2 * 2 * 2)
 
 
-class NFResBlock(hk.Module):
+class NFResBlock(layers.ResidualBlock):
   """Normalizer-free pre-activation bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (-> SE x2).
 
   The shortcut is the input itself, or a strided 1x1 WS conv of the pre-activated input when
@@ -46,19 +43,16 @@ class NFResBlock(hk.Module):
     se_ratio: float = 0.25,
     name: str | None = None,
   ):
-    super().__init__(name=name)
-    self.in_ch, self.out_ch = in_ch, out_ch
-    self.activation = activation
-    self.beta, self.alpha = beta, alpha
+    super().__init__(
+      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
+    )
     self.skip_init = skip_init
     self.width = int(out_ch * bottleneck_ratio)
-    self.stride = stride
     self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
     self.conv1 = layers.WSConv2D(
       self.width, kernel_shape=kernel_size, stride=stride, name='conv1'
     )
     self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
-    self.use_projection = stride > 1 or in_ch != out_ch
     if self.use_projection:
       self.conv_shortcut = layers.WSConv2D(
         out_ch, kernel_shape=1, stride=stride, name='conv_shortcut'
@@ -66,31 +60,19 @@ class NFResBlock(hk.Module):
     self.use_se = use_se
     if use_se:
       self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-    self.has_stochdepth = (
-      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-    )
-    if self.has_stochdepth:
-      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
   def __call__(
     self, x: jax.Array, is_training: bool
   ) -> tuple[jax.Array, jax.Array]:
     """Returns the block output and the residual branch's average channel variance."""
-    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    out = self.pre_activate(x)
     shortcut = self.conv_shortcut(out) if self.use_projection else x
     out = self.conv0(out)
     out = self.conv1(self.activation(out))
     out = self.conv2(self.activation(out))
     if self.use_se:
       out = (self.se(out) * 2) * out
-    return layers.residual_merge(
-      out,
-      shortcut,
-      self.alpha,
-      self.stoch_depth if self.has_stochdepth else None,
-      is_training,
-      skip_init=self.skip_init,
-    )
+    return self.merge(out, shortcut, is_training, skip_init=self.skip_init)
 
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds at input size ``h x w`` (the official ``count_conv_flops`` rule).
@@ -160,34 +142,24 @@ class NFResNet(hk.Module):
     self.initial_conv = layers.WSConv2D(
       ch, kernel_shape=7, stride=2, name='initial_conv'
     )
-    self.blocks = []
-    expected_std = 1.0
-    num_blocks = sum(self.depth_pattern)
-    index = 0
-    for block_width, stage_depth, stride in zip(
-      self.width_pattern, self.depth_pattern, _STRIDES
-    ):
-      for block_index in range(stage_depth):
-        self.blocks.append(
-          NFResBlock(
-            ch,
-            block_width,
-            stride=stride if block_index == 0 else 1,
-            beta=1.0 / expected_std,
-            alpha=alpha,
-            activation=self.activation,
-            skip_init=skip_init,
-            stochdepth_rate=stochdepth_rate * index / num_blocks,
-            use_se=use_se,
-            se_ratio=se_ratio,
-          )
-        )
-        ch = block_width
-        index += 1
-        # The projection shortcut resets the expected std; every block grows it.
-        if block_index == 0:
-          expected_std = 1.0
-        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    self.blocks = layers.build_nf_stages(
+      ch,
+      self.width_pattern,
+      self.depth_pattern,
+      _STRIDES,
+      alpha,
+      stochdepth_rate,
+      lambda in_ch, out_ch, index, **kw: NFResBlock(
+        in_ch,
+        out_ch,
+        alpha=alpha,
+        activation=self.activation,
+        skip_init=skip_init,
+        use_se=use_se,
+        se_ratio=se_ratio,
+        **kw,
+      ),
+    )
     self.fc = layers.Linear(
       num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01)
     )

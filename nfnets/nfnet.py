@@ -4,12 +4,10 @@ Module and parameter names equal the official release's (``NFNet/~/nf_block_3/~/
 and so on), so the published checkpoints load without renaming.
 """
 
-import math
 from collections.abc import Callable
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from nfnets import activations, layers, registry, variants
 
@@ -19,7 +17,7 @@ _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # stem (4) x stages (1 * 2 * 2 * 2)
 
 
-class NFBlock(hk.Module):
+class NFBlock(layers.ResidualBlock):
   """Normalizer-free bottleneck: ``x + alpha * skip_gain * f(act(x) * beta)``.
 
   The residual branch is 1x1 conv -> grouped 3x3 (-> grouped 3x3) -> 1x1 conv -> SE (x2)
@@ -48,15 +46,13 @@ class NFBlock(hk.Module):
     ws_eps_inside: bool = False,
     name: str | None = None,
   ):
-    super().__init__(name=name)
-    self.in_ch, self.out_ch = in_ch, out_ch
-    self.activation = activation
-    self.beta, self.alpha = beta, alpha
+    super().__init__(
+      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
+    )
     width = int((out_ch if big_width else in_ch) * expansion)
     # Round the bottleneck width down to whole groups.
     self.groups = max(1, width // group_size)
     self.width = group_size * self.groups if width >= group_size else width
-    self.stride = stride
     self.use_two_convs = use_two_convs
     conv = lambda *a, **k: layers.WSConv2D(
       *a,
@@ -82,21 +78,15 @@ class NFBlock(hk.Module):
         name='conv1b',
       )
     self.conv2 = conv(out_ch, kernel_shape=1, name='conv2')
-    self.use_projection = stride > 1 or in_ch != out_ch
     if self.use_projection:
       self.conv_shortcut = conv(out_ch, kernel_shape=1, name='conv_shortcut')
     self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-    self.has_stochdepth = (
-      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-    )
-    if self.has_stochdepth:
-      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
   def __call__(
     self, x: jax.Array, is_training: bool
   ) -> tuple[jax.Array, jax.Array]:
     """Returns the block output and the residual branch's average channel variance."""
-    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    out = self.pre_activate(x)
     shortcut = layers.pooled_shortcut(
       x, out, self.stride, self.conv_shortcut if self.use_projection else None
     )
@@ -106,13 +96,7 @@ class NFBlock(hk.Module):
       out = self.conv1b(self.activation(out))
     out = self.conv2(self.activation(out))
     out = (self.se(out) * 2) * out  # x2 keeps the gate's expected scale near 1.
-    return layers.residual_merge(
-      out,
-      shortcut,
-      self.alpha,
-      self.stoch_depth if self.has_stochdepth else None,
-      is_training,
-    )
+    return self.merge(out, shortcut, is_training)
 
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds at input size ``h x w`` (official counting rules)."""
@@ -208,39 +192,29 @@ class NFNet(hk.Module):
       conv(64, kernel_shape=3, stride=1, name='stem_conv2'),
       conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
     ]
-    self.blocks = []
-    expected_std = 1.0
-    num_blocks = sum(params['depth'])
-    index = 0
-    for block_width, stage_depth, stride in zip(
-      params['width'], params['depth'], _STRIDES
-    ):
-      for block_index in range(stage_depth):
-        out_ch = int(block_width * width)
-        self.blocks.append(
-          NFBlock(
-            ch,
-            out_ch,
-            expansion=0.5,
-            se_ratio=se_ratio,
-            group_size=group_size,
-            stride=stride if block_index == 0 else 1,
-            beta=1.0 / expected_std,
-            alpha=alpha,
-            activation=self.activation,
-            use_two_convs=use_two_convs,
-            stochdepth_rate=stochdepth_rate * index / num_blocks,
-            grouped_conv_impl=grouped_conv_impl,
-            ws_eps=ws_eps,
-            ws_eps_inside=ws_eps_inside,
-          )
-        )
-        ch = out_ch
-        index += 1
-        # A transition block resets the expected std, then every block grows it.
-        if block_index == 0:
-          expected_std = 1.0
-        expected_std = math.sqrt(expected_std**2 + alpha**2)
+    self.blocks = layers.build_nf_stages(
+      ch,
+      [int(w * width) for w in params['width']],
+      params['depth'],
+      _STRIDES,
+      alpha,
+      stochdepth_rate,
+      lambda in_ch, out_ch, index, **kw: NFBlock(
+        in_ch,
+        out_ch,
+        expansion=0.5,
+        se_ratio=se_ratio,
+        group_size=group_size,
+        alpha=alpha,
+        activation=self.activation,
+        use_two_convs=use_two_convs,
+        grouped_conv_impl=grouped_conv_impl,
+        ws_eps=ws_eps,
+        ws_eps_inside=ws_eps_inside,
+        **kw,
+      ),
+    )
+    ch = self.blocks[-1].out_ch
     if final_conv_mult is None:
       if final_conv_ch is None:
         raise ValueError('Pass one of final_conv_mult or final_conv_ch.')

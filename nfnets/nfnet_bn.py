@@ -5,7 +5,7 @@ blocks and grouped-conv strategy as :mod:`nfnets.nfnet`, so a timing difference 
 normalization. BatchNorm statistics live in Haiku state.
 """
 
-import math
+import functools
 
 import haiku as hk
 import jax
@@ -64,7 +64,7 @@ class BNConv2D(hk.Module):
     )
 
 
-class NFNetBNBlock(hk.Module):
+class NFNetBNBlock(layers.ResidualBlock):
   """``nfnet.NFBlock`` with every WS conv replaced by conv + BatchNorm (same shapes)."""
 
   def __init__(
@@ -81,9 +81,9 @@ class NFNetBNBlock(hk.Module):
     grouped_conv_impl: str | None = None,
     name: str | None = None,
   ):
-    super().__init__(name=name)
-    self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
-    self.beta, self.alpha, self.activation = beta, alpha, activation
+    super().__init__(
+      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
+    )
     width = int(out_ch * 0.5)
     self.groups = max(1, width // group_size)
     self.width = group_size * self.groups if width >= group_size else width
@@ -94,40 +94,28 @@ class NFNetBNBlock(hk.Module):
     self.conv1 = conv(self.width, 3, stride, self.groups, name='conv1')
     self.conv1b = conv(self.width, 3, 1, self.groups, name='conv1b')
     self.conv2 = conv(out_ch, 1, name='conv2')
-    self.use_projection = stride > 1 or in_ch != out_ch
     if self.use_projection:
       self.conv_shortcut = conv(out_ch, 1, name='conv_shortcut')
     self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
-    self.has_stochdepth = (
-      stochdepth_rate is not None and 0.0 < stochdepth_rate < 1.0
-    )
-    if self.has_stochdepth:
-      self.stoch_depth = layers.StochDepth(stochdepth_rate)
 
   def __call__(
     self, x: jax.Array, is_training: bool
   ) -> tuple[jax.Array, jax.Array]:
-    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
-    if self.stride > 1:
-      shortcut = hk.avg_pool(
-        out, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1), padding='SAME'
-      )
-      shortcut = self.conv_shortcut(shortcut, is_training)
-    elif self.use_projection:
-      shortcut = self.conv_shortcut(out, is_training)
-    else:
-      shortcut = x
+    out = self.pre_activate(x)
+    shortcut = layers.pooled_shortcut(
+      x,
+      out,
+      self.stride,
+      functools.partial(self.conv_shortcut, is_training=is_training)
+      if self.use_projection
+      else None,
+    )
     out = self.conv0(out, is_training)
     out = self.conv1(self.activation(out), is_training)
     out = self.conv1b(self.activation(out), is_training)
     out = self.conv2(self.activation(out), is_training)
     out = (self.se(out) * 2) * out
-    res_avg_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
-    if self.has_stochdepth:
-      out = self.stoch_depth(out, is_training)
-    skip_gain = hk.get_parameter('skip_gain', (), jnp.float32, init=jnp.zeros)
-    out = out * skip_gain.astype(out.dtype)
-    return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+    return self.merge(out, shortcut, is_training)
 
   def count_macs(self, h: float, w: float) -> float:
     macs = self.conv0.count_macs(self.in_ch, h, w)
@@ -183,33 +171,26 @@ class NFNetBN(hk.Module):
       conv(64, 3, 1, name='stem_conv2'),
       conv(ch, 3, 2, name='stem_conv3'),
     ]
-    self.blocks, expected_std, index = [], 1.0, 0
-    num_blocks = sum(params['depth'])
-    for block_width, depth, stride in zip(
-      params['width'], params['depth'], (1, 2, 2, 2)
-    ):
-      for i in range(depth):
-        out_ch = int(block_width * width)
-        self.blocks.append(
-          NFNetBNBlock(
-            ch,
-            out_ch,
-            group_size,
-            stride if i == 0 else 1,
-            1.0 / expected_std,
-            alpha,
-            self.activation,
-            se_ratio,
-            stochdepth_rate * index / num_blocks,
-            grouped_conv_impl,
-            name='nf_block',
-          )
-        )
-        ch, index = out_ch, index + 1
-        if i == 0:
-          expected_std = 1.0
-        expected_std = math.sqrt(expected_std**2 + alpha**2)
-    self.final_conv = conv(2 * ch, 1, name='final_conv')
+    self.blocks = layers.build_nf_stages(
+      ch,
+      [int(w * width) for w in params['width']],
+      params['depth'],
+      (1, 2, 2, 2),
+      alpha,
+      stochdepth_rate,
+      lambda in_ch, out_ch, index, **kw: NFNetBNBlock(
+        in_ch,
+        out_ch,
+        group_size,
+        alpha=alpha,
+        activation=self.activation,
+        se_ratio=se_ratio,
+        grouped_conv_impl=grouped_conv_impl,
+        name='nf_block',
+        **kw,
+      ),
+    )
+    self.final_conv = conv(2 * self.blocks[-1].out_ch, 1, name='final_conv')
     self.fc = layers.Linear(
       num_classes, w_init=hk.initializers.RandomNormal(stddev=0.01)
     )

@@ -13,13 +13,13 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, baseline_layers, layers, registry, variants
+from nfnets import baseline_layers, layers
 from nfnets.baseline_layers import ResNetBase, batch_norm, he_conv
 
 NORMS = ('batchnorm', 'none')
 
 
-class ResBlock(hk.Module):
+class ResBlock(layers.ResidualBlock):
   """Bottleneck with optional BatchNorm, pre- (V2) or post-activation (V1)."""
 
   def __init__(
@@ -35,10 +35,9 @@ class ResBlock(hk.Module):
     se_ratio: float = 0.25,
     name: str | None = None,
   ):
-    super().__init__(name=name)
-    self.in_ch, self.out_ch, self.width = in_ch, out_ch, out_ch // 4
-    self.stride, self.use_projection = stride, use_projection
-    self.preactivation, self.activation = preactivation, activation
+    super().__init__(in_ch, out_ch, stride, activation, name=name)
+    self.width, self.use_projection = out_ch // 4, use_projection
+    self.preactivation = preactivation
     if norm == 'batchnorm':
       self.bn = [batch_norm(f'bn{i}') for i in range(3)]
     else:
@@ -83,27 +82,11 @@ class ResBlock(hk.Module):
     return (out if self.preactivation else act(out)), res_avg_var
 
 
-@registry.register_family(
+@baseline_layers.register_resnet_family(
   'ResNet',
-  variants.RESNET,
-  default_variant='ResNet50',
-  imsize=variants.RESNET_IMSIZE,
-  models={
-    **{
-      f'resnet_v2_{v.removeprefix("ResNet")}': dict(variant=v)
-      for v in variants.RESNET
-    },
-    **{
-      f'resnet_v1_{v.removeprefix("ResNet")}': dict(
-        variant=v, preactivation=False
-      )
-      for v in variants.RESNET
-    },
-    **{
-      f'unnorm_resnet_{v.removeprefix("ResNet")}': dict(variant=v, norm='none')
-      for v in variants.RESNET
-    },
-  },
+  resnet_v2={},
+  resnet_v1=dict(preactivation=False),
+  unnorm_resnet=dict(norm='none'),
 )
 class ResNet(ResNetBase):
   """BatchNorm (or unnormalized) ResNet, pre-activation by default (official ``resnet.py``)."""
@@ -123,20 +106,12 @@ class ResNet(ResNetBase):
     name: str = 'ResNet',
   ):
     super().__init__(name=name)
-    depths = baseline_layers.check_common(variant, num_classes, drop_rate)
     if norm not in NORMS:
       raise ValueError(f'Unknown norm {norm!r}; accepted: {NORMS}.')
-    self.num_classes, self.drop_rate = num_classes, drop_rate
+    depths = self.init_stem(
+      variant, num_classes, drop_rate, width, activation, fc_init
+    )
     self.norm, self.preactivation = norm, preactivation
-    # Plain (not gamma-scaled) nonlinearity: normalization, not gamma, sets the scale here.
-    if activation not in activations.RAW_ACTIVATIONS:
-      raise ValueError(
-        f'Unknown activation {activation!r}; accepted: '
-        f'{sorted(activations.RAW_ACTIVATIONS)}.'
-      )
-    self.activation = activations.RAW_ACTIVATIONS[activation]
-    self.stem_ch = int(16 * width)
-    self.initial_conv = he_conv(self.stem_ch, 7, 2, name='initial_conv')
     if not preactivation and norm == 'batchnorm':
       self.initial_bn = batch_norm('initial_bn')
     self.blocks = baseline_layers.build_stages(
@@ -158,7 +133,6 @@ class ResNet(ResNetBase):
     )
     if preactivation and norm == 'batchnorm':
       self.final_bn = batch_norm('final_bn')
-    self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
 
   def __call__(
     self, x: jax.Array, is_training: bool, return_metrics: bool = False
