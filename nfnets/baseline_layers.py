@@ -135,6 +135,9 @@ class ResNetBase(hk.Module):
   blocks: list
   num_classes: int
 
+  # Transparent: the stem and classifier are named as if built in __init__
+  # ('ResNet/~/initial_conv'), the official checkpoints' names.
+  @hk.transparent
   def init_stem(
     self,
     variant: str,
