@@ -186,3 +186,72 @@ class ResNetBase(hk.Module):
     return layers.classifier_head(
       out, self.fc, self.drop_rate, is_training, outputs
     )
+
+
+class InitScaledResNet(ResNetBase):
+  """An unnormalized ResNet that its initialization keeps trainable (SkipInit, Fixup).
+
+  The two differ only in their block (``block_cls``, named ``block_name``), their default
+  name and the scalar parameters around the stem and head (``stem_output``,
+  ``final_features``).
+  """
+
+  default_name: str
+  block_cls: type[layers.ResidualBlock]
+  block_name: str
+
+  def __init__(
+    self,
+    num_classes: int,
+    variant: str = 'ResNet50',
+    width: float = 4,
+    stochdepth_rate: float = 0.1,
+    drop_rate: float = 0.0,
+    activation: str = 'relu',
+    fc_init: hk.initializers.Initializer | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name or self.default_name)
+    depths = self.init_stem(
+      variant, num_classes, drop_rate, width, activation, fc_init
+    )
+    self.blocks = build_stages(
+      depths,
+      width,
+      self.stem_ch,
+      lambda in_ch, out_ch, stride, index: self.block_cls(
+        in_ch,
+        out_ch,
+        stride=stride,
+        activation=self.activation,
+        stochdepth_rate=stochdepth_rate * index / sum(depths),
+        name=self.block_name,
+        **self.block_kwargs(sum(depths)),
+      ),
+    )
+
+  def block_kwargs(self, num_blocks: int) -> dict:
+    """Arguments of ``block_cls`` beyond the common ones, for ``num_blocks`` blocks."""
+    del num_blocks
+    return {}
+
+  @hk.transparent
+  def stem_output(self, x: jax.Array) -> jax.Array:
+    """The stem convolution's output on its way to the max pool."""
+    return x
+
+  @hk.transparent
+  def final_features(self, x: jax.Array) -> jax.Array:
+    """The last block's output on its way to the classifier head."""
+    return x
+
+  def __call__(
+    self, x: jax.Array, is_training: bool, return_metrics: bool = False
+  ) -> dict[str, jax.Array]:
+    layers.check_images(x, TOTAL_STRIDE)
+    outputs = {}
+    out = stem_pool(self.stem_output(self.initial_conv(x)))
+    out = layers.run_blocks(
+      self.blocks, out, is_training, return_metrics, outputs
+    )
+    return self.head(self.final_features(out), is_training, outputs)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from nfnets import baseline_layers, layers
-from nfnets.baseline_layers import ResNetBase, he_conv
+from nfnets.baseline_layers import he_conv
 
 
 class FixupBlock(layers.ResidualBlock):
@@ -78,51 +78,21 @@ class FixupBlock(layers.ResidualBlock):
 
 
 @baseline_layers.register_resnet_family('ResNet', fixup_resnet={})
-class FixupResNet(ResNetBase):
-  """Fixup ResNet (official ``fixup_resnet.py``)."""
+class FixupResNet(baseline_layers.InitScaledResNet):
+  """Fixup ResNet (official ``fixup_resnet.py``): scalar biases around stem and head."""
 
-  def __init__(
-    self,
-    num_classes: int,
-    variant: str = 'ResNet50',
-    width: float = 4,
-    stochdepth_rate: float = 0.1,
-    drop_rate: float = 0.0,
-    activation: str = 'relu',
-    fc_init: hk.initializers.Initializer | None = None,
-    name: str = 'FixUp_ResNet',
-  ):
-    super().__init__(name=name)
-    depths = self.init_stem(
-      variant, num_classes, drop_rate, width, activation, fc_init
-    )
-    self.blocks = baseline_layers.build_stages(
-      depths,
-      width,
-      self.stem_ch,
-      lambda in_ch, out_ch, stride, index: FixupBlock(
-        in_ch,
-        out_ch,
-        sum(depths),
-        stride,
-        self.activation,
-        stochdepth_rate * index / sum(depths),
-        name='res_block',
-      ),
-    )
+  default_name = 'FixUp_ResNet'
+  block_cls = FixupBlock
+  block_name = 'res_block'
 
-  def __call__(
-    self, x: jax.Array, is_training: bool, return_metrics: bool = False
-  ) -> dict[str, jax.Array]:
-    layers.check_images(x, baseline_layers.TOTAL_STRIDE)
-    outputs = {}
-    out = self.initial_conv(x)
-    out = self.activation(
-      out + hk.get_parameter('bias1', (), jnp.float32, init=jnp.zeros)
-    )
-    out = baseline_layers.stem_pool(out)
-    out = layers.run_blocks(
-      self.blocks, out, is_training, return_metrics, outputs
-    )
-    out = out + hk.get_parameter('bias2', (), jnp.float32, init=jnp.zeros)
-    return self.head(out, is_training, outputs)
+  def block_kwargs(self, num_blocks: int) -> dict:
+    return dict(num_blocks=num_blocks)  # Fixup's depth-scaled init
+
+  @hk.transparent
+  def stem_output(self, x: jax.Array) -> jax.Array:
+    bias = hk.get_parameter('bias1', (), jnp.float32, init=jnp.zeros)
+    return self.activation(x + bias)
+
+  @hk.transparent
+  def final_features(self, x: jax.Array) -> jax.Array:
+    return x + hk.get_parameter('bias2', (), jnp.float32, init=jnp.zeros)

@@ -11,7 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, layers, registry, variants
+from nfnets import layers, nf_network, registry, variants
 
 # The one table of B0-B8 (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.NF_REGNET
@@ -96,7 +96,7 @@ class NFBlock(layers.ResidualBlock):
   default_variant='B0',
   models={f'nf_regnet_{v.lower()}': dict(variant=v) for v in VARIANTS},
 )
-class NFRegNet(hk.Module):
+class NFRegNet(nf_network.NFNetwork):
   """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
   def __init__(
@@ -115,18 +115,11 @@ class NFRegNet(hk.Module):
     name: str = 'NF_RegNet',
   ):
     super().__init__(name=name)
-    params = variants.lookup(VARIANTS, variant, 'NF-RegNet')
-    layers.check_num_classes(num_classes)
-    self.num_classes = num_classes
-    self.variant = variant
-    self.train_imsize, self.test_imsize = (
-      params['train_imsize'],
-      params['test_imsize'],
+    params = self.init_common(
+      VARIANTS, 'NF-RegNet', variant, num_classes, drop_rate, activation
     )
-    self.activation = activations.get_activation(activation)
-    self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
-    if not 0.0 <= self.drop_rate < 1.0:
-      raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
+    self.train_imsize = params['train_imsize']
+    self.test_imsize = params['test_imsize']
     ch = int(params['width'][0] * width)
     self.initial_conv = layers.WSConv2D(
       ch, kernel_shape=3, stride=2, name='initial_conv'
@@ -155,7 +148,7 @@ class NFRegNet(hk.Module):
       int(1280 * ch // 440), kernel_shape=1, name='final_conv'
     )
     # Official default: zero-initialized classifier.
-    self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
+    self.init_fc(fc_init, jnp.zeros)
 
   def __call__(
     self, x: jax.Array, is_training: bool, return_metrics: bool = False

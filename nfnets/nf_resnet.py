@@ -12,7 +12,7 @@ Module and parameter names equal the official release's (``NF_ResNet/~/initial_c
 import haiku as hk
 import jax
 
-from nfnets import activations, layers, registry, variants
+from nfnets import layers, nf_network, registry, variants
 
 # The one table of ResNet layouts (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.RESNET
@@ -107,7 +107,7 @@ class NFResBlock(layers.ResidualBlock):
     },
   },
 )
-class NFResNet(hk.Module):
+class NFResNet(nf_network.NFNetwork):
   """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
   def __init__(
@@ -126,18 +126,13 @@ class NFResNet(hk.Module):
     name: str = 'NF_ResNet',
   ):
     super().__init__(name=name)
-    depths = variants.lookup(VARIANTS, variant, 'NF-ResNet')['depth']
-    layers.check_num_classes(num_classes)
-    if not 0.0 <= drop_rate < 1.0:
-      raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
-    self.num_classes = num_classes
-    self.variant = variant
+    depths = self.init_common(
+      VARIANTS, 'NF-ResNet', variant, num_classes, drop_rate, activation
+    )['depth']
     self.depth_pattern = depths
     self.width_pattern = [
       int(base * width) for base in variants.RESNET_BASE_WIDTHS
     ]
-    self.activation = activations.get_activation(activation)
-    self.drop_rate = drop_rate
     ch = int(16 * width)
     self.initial_conv = layers.WSConv2D(
       ch, kernel_shape=7, stride=2, name='initial_conv'
@@ -160,9 +155,7 @@ class NFResNet(hk.Module):
         **kw,
       ),
     )
-    self.fc = layers.Linear(
-      num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01)
-    )
+    self.init_fc(fc_init, hk.initializers.RandomNormal(stddev=0.01))
 
   def __call__(
     self, x: jax.Array, is_training: bool, return_metrics: bool = False

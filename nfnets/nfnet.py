@@ -9,7 +9,7 @@ from collections.abc import Callable
 import haiku as hk
 import jax
 
-from nfnets import activations, layers, registry, variants
+from nfnets import layers, nf_network, registry, variants
 
 # The one table of F0-F7 and F0+-F7+ (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.NFNET
@@ -139,7 +139,7 @@ class NFBlock(layers.ResidualBlock):
     },
   },
 )
-class NFNet(hk.Module):
+class NFNet(nf_network.NFNetwork):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 
   def __init__(
@@ -168,23 +168,16 @@ class NFNet(hk.Module):
     variance (``layers.TIMM_WS``) and the exact GELU.
     """
     super().__init__(name=name)
-    params = variants.lookup(VARIANTS, variant, 'NFNet')
-    layers.check_num_classes(num_classes)
-    self.num_classes = num_classes
-    self.variant = variant
+    params = self.init_common(
+      VARIANTS, 'NFNet', variant, num_classes, drop_rate, activation
+    )
     self.train_imsize = params['train_imsize']
     self.test_imsize = params['test_imsize']
-    self.activation = activations.get_activation(activation)
-    self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
-    if not 0.0 <= self.drop_rate < 1.0:
-      raise ValueError(f'drop_rate must be in [0, 1), got {self.drop_rate}.')
-    conv = lambda *a, **k: layers.WSConv2D(
-      *a,
-      grouped_conv_impl=grouped_conv_impl,
-      eps=ws_eps,
-      eps_inside=ws_eps_inside,
-      **k,
-    )
+    self.se_ratio, self.alpha, self.group_size = se_ratio, alpha, group_size
+    self.use_two_convs = use_two_convs
+    self.grouped_conv_impl = grouped_conv_impl
+    self.ws_eps, self.ws_eps_inside = ws_eps, ws_eps_inside
+    conv = self.make_conv
     ch = int(params['width'][0] * width) // 2
     self.stem = [
       conv(16, kernel_shape=3, stride=2, name='stem_conv0'),
@@ -199,20 +192,7 @@ class NFNet(hk.Module):
       _STRIDES,
       alpha,
       stochdepth_rate,
-      lambda in_ch, out_ch, index, **kw: NFBlock(
-        in_ch,
-        out_ch,
-        expansion=0.5,
-        se_ratio=se_ratio,
-        group_size=group_size,
-        alpha=alpha,
-        activation=self.activation,
-        use_two_convs=use_two_convs,
-        grouped_conv_impl=grouped_conv_impl,
-        ws_eps=ws_eps,
-        ws_eps_inside=ws_eps_inside,
-        **kw,
-      ),
+      lambda in_ch, out_ch, index, **kw: self.make_block(in_ch, out_ch, **kw),
     )
     ch = self.blocks[-1].out_ch
     if final_conv_mult is None:
@@ -222,9 +202,44 @@ class NFNet(hk.Module):
     else:
       final_ch = int(final_conv_mult * ch)
     self.final_conv = conv(final_ch, kernel_shape=1, name='final_conv')
-    self.fc = layers.Linear(
-      num_classes, w_init=fc_init or hk.initializers.RandomNormal(stddev=0.01)
+    self.init_fc(fc_init, hk.initializers.RandomNormal(stddev=0.01))
+
+  @hk.transparent  # keeps the modules it makes out of a ~make_conv scope
+  def make_conv(self, *args, **kwargs) -> hk.Module:
+    """A WS convolution with this network's numerics (NFNetBN: conv + BatchNorm)."""
+    return layers.WSConv2D(
+      *args,
+      grouped_conv_impl=self.grouped_conv_impl,
+      eps=self.ws_eps,
+      eps_inside=self.ws_eps_inside,
+      **kwargs,
     )
+
+  @hk.transparent  # keeps the modules it makes out of a ~make_block scope
+  def make_block(self, in_ch: int, out_ch: int, **kwargs) -> hk.Module:
+    """One residual block; ``kwargs`` are ``build_nf_stages``'s per-block ones."""
+    return NFBlock(
+      in_ch,
+      out_ch,
+      expansion=0.5,
+      se_ratio=self.se_ratio,
+      group_size=self.group_size,
+      alpha=self.alpha,
+      activation=self.activation,
+      use_two_convs=self.use_two_convs,
+      grouped_conv_impl=self.grouped_conv_impl,
+      ws_eps=self.ws_eps,
+      ws_eps_inside=self.ws_eps_inside,
+      **kwargs,
+    )
+
+  @hk.transparent
+  def run_conv(
+    self, conv: hk.Module, x: jax.Array, is_training: bool
+  ) -> jax.Array:
+    """Applies one of ``make_conv``'s convolutions (NFNetBN's need ``is_training``)."""
+    del is_training  # WS convolutions keep no statistics.
+    return conv(x)
 
   def __call__(
     self, x: jax.Array, is_training: bool, return_metrics: bool = False
@@ -239,13 +254,13 @@ class NFNet(hk.Module):
     outputs = {}
     out = x
     for i, conv in enumerate(self.stem):
-      out = conv(out)
+      out = self.run_conv(conv, out, is_training)
       if i < len(self.stem) - 1:
         out = self.activation(out)
     out = layers.run_blocks(
       self.blocks, out, is_training, return_metrics, outputs
     )
-    out = self.activation(self.final_conv(out))
+    out = self.activation(self.run_conv(self.final_conv, out, is_training))
     return layers.classifier_head(
       out, self.fc, self.drop_rate, is_training, outputs
     )

@@ -11,7 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import activations, cpu_conv, layers, nfnet, registry, variants
+from nfnets import cpu_conv, layers, nfnet, registry, variants
 from nfnets.baseline_layers import batch_norm, conv_macs
 
 
@@ -138,7 +138,7 @@ class NFNetBNBlock(layers.ResidualBlock):
     for v in variants.NFNET
   },
 )
-class NFNetBN(hk.Module):
+class NFNetBN(nfnet.NFNet):
   """NFNet-F* with BatchNorm in place of weight standardization (same widths and depths)."""
 
   def __init__(
@@ -155,71 +155,40 @@ class NFNetBN(hk.Module):
     grouped_conv_impl: str | None = None,
     name: str = 'NFNet_BN',
   ):
-    super().__init__(name=name)
-    params = variants.lookup(variants.NFNET, variant, 'NFNet')
-    layers.check_num_classes(num_classes)
-    self.num_classes = num_classes
-    self.activation = activations.get_activation(activation)
-    self.drop_rate = params['drop_rate'] if drop_rate is None else drop_rate
-    conv = lambda *a, **k: BNConv2D(
-      *a, grouped_conv_impl=grouped_conv_impl, **k
-    )
-    ch = int(params['width'][0] * width) // 2
-    self.stem = [
-      conv(16, 3, 2, name='stem_conv0'),
-      conv(32, 3, 1, name='stem_conv1'),
-      conv(64, 3, 1, name='stem_conv2'),
-      conv(ch, 3, 2, name='stem_conv3'),
-    ]
-    self.blocks = layers.build_nf_stages(
-      ch,
-      [int(w * width) for w in params['width']],
-      params['depth'],
-      (1, 2, 2, 2),
+    super().__init__(
+      num_classes,
+      variant,
+      width,
+      se_ratio,
       alpha,
       stochdepth_rate,
-      lambda in_ch, out_ch, index, **kw: NFNetBNBlock(
-        in_ch,
-        out_ch,
-        group_size,
-        alpha=alpha,
-        activation=self.activation,
-        se_ratio=se_ratio,
-        grouped_conv_impl=grouped_conv_impl,
-        name='nf_block',
-        **kw,
-      ),
-    )
-    self.final_conv = conv(2 * self.blocks[-1].out_ch, 1, name='final_conv')
-    self.fc = layers.Linear(
-      num_classes, w_init=hk.initializers.RandomNormal(stddev=0.01)
+      drop_rate,
+      activation,
+      group_size=group_size,
+      grouped_conv_impl=grouped_conv_impl,
+      name=name,
     )
 
-  def __call__(
-    self, x: jax.Array, is_training: bool, return_metrics: bool = False
-  ) -> dict[str, jax.Array]:
-    layers.check_images(x, nfnet.TOTAL_STRIDE)
-    outputs = {}
-    out = x
-    for i, conv in enumerate(self.stem):
-      out = conv(out, is_training)
-      if i < len(self.stem) - 1:
-        out = self.activation(out)
-    out = layers.run_blocks(
-      self.blocks, out, is_training, return_metrics, outputs
-    )
-    out = self.activation(self.final_conv(out, is_training))
-    return layers.classifier_head(
-      out, self.fc, self.drop_rate, is_training, outputs
+  @hk.transparent
+  def make_conv(self, *args, **kwargs) -> BNConv2D:
+    return BNConv2D(*args, grouped_conv_impl=self.grouped_conv_impl, **kwargs)
+
+  @hk.transparent
+  def make_block(self, in_ch: int, out_ch: int, **kwargs) -> NFNetBNBlock:
+    return NFNetBNBlock(
+      in_ch,
+      out_ch,
+      self.group_size,
+      alpha=self.alpha,
+      activation=self.activation,
+      se_ratio=self.se_ratio,
+      grouped_conv_impl=self.grouped_conv_impl,
+      name='nf_block',
+      **kwargs,
     )
 
-  def count_macs(self, h: float, w: float) -> float:
-    macs, ch = 0.0, 3
-    for conv in self.stem:
-      macs += conv.count_macs(ch, h, w)
-      h, w, ch = h / conv.stride[0], w / conv.stride[1], conv.output_channels
-    for block in self.blocks:
-      macs += block.count_macs(h, w)
-      h, w = h / block.stride, w / block.stride
-    macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
-    return macs + self.final_conv.output_channels * self.num_classes
+  @hk.transparent
+  def run_conv(
+    self, conv: hk.Module, x: jax.Array, is_training: bool
+  ) -> jax.Array:
+    return conv(x, is_training)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from nfnets import baseline_layers, layers
-from nfnets.baseline_layers import ResNetBase, he_conv
+from nfnets.baseline_layers import he_conv
 
 
 class SkipInitBlock(layers.ResidualBlock):
@@ -51,46 +51,14 @@ class SkipInitBlock(layers.ResidualBlock):
 
 
 @baseline_layers.register_resnet_family('ResNet', skipinit_resnet={})
-class SkipInitResNet(ResNetBase):
+class SkipInitResNet(baseline_layers.InitScaledResNet):
   """SkipInit ResNet (official ``skipinit_resnet.py``)."""
 
-  def __init__(
-    self,
-    num_classes: int,
-    variant: str = 'ResNet50',
-    width: float = 4,
-    stochdepth_rate: float = 0.1,
-    drop_rate: float = 0.0,
-    activation: str = 'relu',
-    fc_init: hk.initializers.Initializer | None = None,
-    name: str = 'SkipInit_ResNet',
-  ):
-    super().__init__(name=name)
-    depths = self.init_stem(
-      variant, num_classes, drop_rate, width, activation, fc_init
-    )
-    self.blocks = baseline_layers.build_stages(
-      depths,
-      width,
-      self.stem_ch,
-      lambda in_ch, out_ch, stride, index: SkipInitBlock(
-        in_ch,
-        out_ch,
-        stride,
-        self.activation,
-        stochdepth_rate * index / sum(depths),
-        name='nf_res_block',
-      ),
-    )
+  default_name = 'SkipInit_ResNet'
+  block_cls = SkipInitBlock
+  block_name = 'nf_res_block'
 
-  def __call__(
-    self, x: jax.Array, is_training: bool, return_metrics: bool = False
-  ) -> dict[str, jax.Array]:
-    layers.check_images(x, baseline_layers.TOTAL_STRIDE)
-    outputs = {}
-    out = self.initial_conv(x)
-    out = baseline_layers.stem_pool(out)
-    out = layers.run_blocks(
-      self.blocks, out, is_training, return_metrics, outputs
-    )
-    return self.head(self.activation(out), is_training, outputs)
+  @hk.transparent
+  def final_features(self, x: jax.Array) -> jax.Array:
+    # Pre-activation blocks leave the last block's output unactivated.
+    return self.activation(x)
