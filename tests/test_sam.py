@@ -297,9 +297,15 @@ def test_finetune_sam_has_the_papers_finetuning_values():
   assert config_lib.get_config('finetune').optimizer.sam_rho == 0.0
 
 
+@pytest.mark.slow
 def test_nfnet_f6_sam_config_trains(tmp_path):
   """The record run's config builds and takes SAM steps: F6's 72 blocks and the
-  paper's augmentation, at 1/16 width and 32 px on the embedded digits."""
+  paper's augmentation, at 1/16 width and 32 px on the embedded digits.
+
+  Slow (compiling 72 blocks with SAM); the default run covers SAM through the
+  trainer (test_sam_run_resumes_bit_exactly) and the F5/F6 SAM configs by name
+  (test_sam_configs_by_name).
+  """
   config = config_lib.get_config('nfnet_f6_sam')
   config.model_kwargs = config.model_kwargs.copy_and_resolve_references()
   with config.unlocked():
