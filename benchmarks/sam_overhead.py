@@ -23,7 +23,10 @@ from absl import app, flags
 from experiments import config_lib, train
 from nfnets import optim
 
-_CONFIG = flags.DEFINE_string('config', 'nfnet_f0', 'Config name or path.')
+# Not --config: importing experiments.train defines that flag (a config file).
+_CONFIG = flags.DEFINE_string(
+  'config_name', 'nfnet_f0', 'Config name or path (config_lib).'
+)
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Batch size (one device).')
 _IMAGE = flags.DEFINE_integer(
   'image_size', None, 'Train resolution (None: the config/model default).'
