@@ -147,18 +147,39 @@ def folder_run(source, tmp_path_factory):
   return config, workdir, result, root
 
 
-def test_other_classes_reinitialise_the_classifier(source, folder_run, caplog):
+class _Records(logging.Handler):
+  """Collects log records of the absl logger, whatever earlier tests did to
+  the root logger's handlers (absl.app.run installs its own)."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def test_other_classes_reinitialise_the_classifier(source, folder_run):
   _, src_state = source
   config, _, result, _ = folder_run
-  with caplog.at_level(logging.INFO):
+  records = _Records()
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.addHandler(records)
+  absl_logger.setLevel(logging.INFO)
+  try:
     _, template, state = _first_state(config)
+  finally:
+    absl_logger.removeHandler(records)
+    absl_logger.setLevel(level)
+  text = '\n'.join(records.messages)
   classifier = init_from.classifier_module(state.params)
   assert classifier == 'TinyNet/linear'  # built in __call__
   assert state.params[classifier]['w'].shape == (16, 3)
   assert src_state.ema_params[classifier]['w'].shape == (16, 10)
   # The new classifier is the model's own initialisation of this run...
   _assert_trees_equal(state.params[classifier], template.params[classifier])
-  assert 're-initialised' in caplog.text and '(16, 10)' in caplog.text
+  assert 're-initialised' in text and '(16, 10)' in text
   # ...and every other tensor is the source's EMA tensor.
   for module, leaves in src_state.ema_params.items():
     if module != classifier:
