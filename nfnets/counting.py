@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from nfnets import cpu_conv
 from nfnets.registry import count_params
 
 __all__ = ['count_params', 'count_jaxpr_macs', 'count_model_macs']
@@ -73,9 +74,16 @@ def count_model_macs(model, resolution: int, batch_size: int = 1) -> int:
   )
   params = model.param_shapes(resolution)
   _, state = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-  return count_jaxpr_macs(
-    lambda p, s, x: model.apply(p, s, None, x, False)[0]['logits'],
-    params,
-    state,
-    images,
-  )
+  # Traced with one XLA convolution per layer: the CPU strategy computes the same
+  # products, some of them (depthwise taps) as elementwise work this count skips.
+  previous = cpu_conv.grouped_conv_override()
+  cpu_conv.set_grouped_conv_impl('native')
+  try:
+    return count_jaxpr_macs(
+      lambda p, s, x: model.apply(p, s, None, x, False)[0]['logits'],
+      params,
+      state,
+      images,
+    )
+  finally:
+    cpu_conv.set_grouped_conv_impl(previous)

@@ -6,7 +6,8 @@ fastest. ``'split'``, the default on CPU, rewrites the same computation into for
 runs fastest, because its grouped convolutions and several of its gradient kernels are far
 slower than equivalent dense work:
 
-- a grouped convolution runs as one dense convolution per group (:func:`grouped_conv`);
+- a grouped convolution runs as one dense convolution per group (:func:`grouped_conv`), and
+  a depthwise one as a sum of shifted products (:func:`depthwise_by_taps`);
 - an ungrouped stride-1 1x1 convolution runs as a matrix product;
 - other dense convolutions take their gradients through :func:`dense_conv`: the weight
   gradient summed over chunks of output positions (:func:`weight_grad_by_chunks`) or, when
@@ -52,6 +53,11 @@ def set_grouped_conv_impl(impl: str | None) -> None:
   _grouped_conv_override = impl
 
 
+def grouped_conv_override() -> str | None:
+  """The strategy forced by :func:`set_grouped_conv_impl`, or None."""
+  return _grouped_conv_override
+
+
 def default_grouped_conv_impl() -> str:
   """The grouped-conv strategy for the current default backend.
 
@@ -90,6 +96,8 @@ def grouped_conv(
     return rows.reshape(x.shape[:-1] + (w.shape[-1],))
   if impl == 'split' and groups == 1:
     return dense_conv(x, w, tuple(stride), padding)
+  if impl == 'split' and groups == x.shape[-1] == w.shape[-1] and groups > 1:
+    return depthwise_by_taps(x, w, tuple(stride), padding)
   if impl == 'native':
     return jax.lax.conv_general_dilated(
       x,
@@ -109,6 +117,124 @@ def grouped_conv(
     for xg, wg in zip(x_groups, w_groups)
   ]
   return jnp.concatenate(outs, axis=3)
+
+
+def _taps_geometry(x_shape, w_shape, stride, padding):
+  """``(pads, ho, wo)`` of a depthwise convolution, pads as ``lax`` computes them."""
+  kh, kw = w_shape[:2]
+  sh, sw = stride
+  pads = jax.lax.padtype_to_pads(x_shape[1:3], (kh, kw), (sh, sw), padding)
+  ho = (x_shape[1] + sum(pads[0]) - kh) // sh + 1
+  wo = (x_shape[2] + sum(pads[1]) - kw) // sw + 1
+  return pads, ho, wo
+
+
+def _tap(xp, i, j, ho, wo, stride):
+  """The strided window of the padded input that kernel tap ``(i, j)`` multiplies."""
+  sh, sw = stride
+  n, _, _, c = xp.shape
+  return jax.lax.slice(
+    xp,
+    (0, i, j, 0),
+    (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+    (1, sh, sw, 1),
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_by_taps(
+  x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: str
+) -> jax.Array:
+  """A depthwise convolution (weight ``[kh, kw, 1, C]``) as ``kh * kw`` shifted products.
+
+  Each kernel tap multiplies a strided window of the padded input by one weight per
+  channel; the products are summed in float32. XLA:CPU fuses these elementwise products
+  and their gradients, where its own depthwise kernels (above all the weight gradient)
+  are slower by more than an order of magnitude. The gradients are written out so that
+  only ``x`` and ``w`` are kept for the backward pass (autodiff would keep every window).
+  """
+  pads, ho, wo = _taps_geometry(x.shape, w.shape, stride, padding)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  out = None
+  for i in range(w.shape[0]):
+    for j in range(w.shape[1]):
+      tap = _tap(xp, i, j, ho, wo, stride).astype(jnp.float32)
+      term = tap * w[i, j, 0].astype(jnp.float32)
+      out = term if out is None else out + term
+  return out.astype(x.dtype)
+
+
+def _depthwise_by_taps_fwd(x, w, stride, padding):
+  return depthwise_by_taps(x, w, stride, padding), (x, w)
+
+
+def _depthwise_by_taps_bwd(stride, padding, residuals, g):
+  x, w = residuals
+  pads, ho, wo = _taps_geometry(x.shape, w.shape, stride, padding)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  g = g.astype(jnp.float32)
+  sh, sw = stride
+  hp, wp = xp.shape[1:3]
+  x_grad = None
+  for i in range(w.shape[0]):
+    for j in range(w.shape[1]):
+      # The transpose of the strided window: g * w placed back at its pixels.
+      term = jax.lax.pad(
+        g * w[i, j, 0].astype(jnp.float32),
+        jnp.float32(0),
+        (
+          (0, 0, 0),
+          (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+          (j, wp - j - sw * (wo - 1) - 1, sw - 1),
+          (0, 0, 0),
+        ),
+      )
+      x_grad = term if x_grad is None else x_grad + term
+  (pt, _), (pl, _) = pads
+  x_grad = x_grad[:, pt : pt + x.shape[1], pl : pl + x.shape[2]]
+  w_grad = _depthwise_weight_grad(xp, g, w.shape[:2], stride, ho, wo)
+  return x_grad.astype(x.dtype), w_grad.reshape(w.shape).astype(w.dtype)
+
+
+# Products per chunk of the depthwise weight gradient (kernel taps x output
+# elements), float32: 16 MB live at a time.
+_TAP_CHUNK = 1 << 22
+
+
+def _depthwise_weight_grad(xp, g, kernel, stride, ho, wo):
+  """``dL/dw`` as ``[kh * kw, C]``: per tap, sum of window * g over chunks of output rows.
+
+  XLA:CPU computes the products of all taps in one fusion before reducing them; over
+  whole images that holds ``kh * kw`` activation-sized buffers at once.
+  """
+  kh, kw = kernel
+  sh, _ = stride
+  n, _, _, c = g.shape
+  rows = max(1, min(ho, _TAP_CHUNK // (kh * kw * n * wo * c)))
+  chunks = -(-ho // rows)
+  g = jnp.pad(g, ((0, 0), (0, chunks * rows - ho), (0, 0), (0, 0)))
+  span = sh * (rows - 1) + kh
+  need = sh * rows * (chunks - 1) + span
+  xp = jnp.pad(xp, ((0, 0), (0, max(0, need - xp.shape[1])), (0, 0), (0, 0)))
+
+  def chunk(k):
+    gk = jax.lax.dynamic_slice_in_dim(g, k * rows, rows, axis=1)
+    xk = jax.lax.dynamic_slice_in_dim(xp, k * rows * sh, span, axis=1)
+    taps = [
+      _tap(xk, i, j, rows, wo, stride).astype(jnp.float32)
+      for i in range(kh)
+      for j in range(kw)
+    ]
+    return jnp.stack([jnp.sum(t * gk, axis=(0, 1, 2)) for t in taps])
+
+  if chunks == 1:
+    return chunk(0)
+  return jax.lax.fori_loop(
+    0, chunks, lambda k, acc: acc + chunk(k), jnp.zeros((kh * kw, c))
+  )
+
+
+depthwise_by_taps.defvjp(_depthwise_by_taps_fwd, _depthwise_by_taps_bwd)
 
 
 def phase_split_applies(x_shape, w_shape, stride, padding) -> bool:

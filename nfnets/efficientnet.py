@@ -20,7 +20,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import layers, registry, variants
+from nfnets import cpu_conv, layers, registry, variants
 
 # The B0-B7 table (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.EFFICIENTNET
@@ -129,13 +129,15 @@ class Conv(hk.Module):
       )
     shape = (self.kernel, self.kernel, in_ch // self.groups, self.out_ch)
     w = hk.get_parameter('w', shape, jnp.float32, init=_CONV_INIT)
-    return jax.lax.conv_general_dilated(
+    # The per-backend strategy of the NF convolutions (nfnets/cpu_conv.py): on
+    # XLA:CPU, depthwise convolutions as shifted products and 1x1 ones as dots.
+    return cpu_conv.grouped_conv(
       x,
       w.astype(x.dtype),
       (self.stride, self.stride),
       'SAME',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=self.groups,
+      self.groups,
+      cpu_conv.default_grouped_conv_impl(),
     )
 
   def count_macs(self, in_ch: int, h: int, w: int) -> int:

@@ -169,6 +169,69 @@ def test_conv_by_phases_equals_strided_convolution(size):
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+  'kernel,stride,size,ch',
+  [
+    (3, 1, 9, 6),
+    (3, 2, 10, 6),
+    (5, 2, 9, 6),
+    (5, 1, (6, 11), 6),
+    # Large enough for the weight gradient to be summed over chunks of rows.
+    (3, 1, 64, 64),
+    (5, 2, 96, 64),
+  ],
+)
+def test_depthwise_by_taps_equals_a_numpy_correlation(kernel, stride, size, ch):
+  # TF 'SAME' (at stride 2 and an even size, the extra pad pixel goes after).
+  h, w = (size, size) if isinstance(size, int) else size
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, h, w, ch))
+  k = rng.standard_normal((kernel, kernel, 1, ch))
+  ho, wo = -(-h // stride), -(-w // stride)
+  pad_h = max((ho - 1) * stride + kernel - h, 0)
+  pad_w = max((wo - 1) * stride + kernel - w, 0)
+  xp = np.pad(
+    x,
+    (
+      (0, 0),
+      (pad_h // 2, pad_h - pad_h // 2),
+      (pad_w // 2, pad_w - pad_w // 2),
+      (0, 0),
+    ),
+  )
+  expected = np.zeros((2, ho, wo, ch))
+  for i in range(ho):
+    for j in range(wo):
+      window = xp[:, i * stride : i * stride + kernel, j * stride :][
+        :, :, :kernel
+      ]
+      expected[:, i, j] = np.einsum('nhwc,hwc->nc', window, k[:, :, 0])
+  xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+  got = cpu_conv.grouped_conv(xj, kj, (stride, stride), 'SAME', ch, 'split')
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+  # Gradients as XLA's own depthwise convolution gives them.
+  def loss(impl):
+    return lambda x, k: jnp.sum(
+      jnp.sin(cpu_conv.grouped_conv(x, k, (stride, stride), 'SAME', ch, impl))
+    )
+
+  for a, b in zip(
+    jax.grad(loss('native'), (0, 1))(xj, kj),
+    jax.grad(loss('split'), (0, 1))(xj, kj),
+  ):
+    # Float32 sums over thousands of positions, in different orders.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+  # No convolution is left for XLA:CPU's depthwise kernels.
+  names = {
+    eqn.primitive.name
+    for eqn in _all_eqns(
+      jax.make_jaxpr(jax.grad(loss('split'), (0, 1)))(xj, kj).jaxpr
+    )
+  }
+  assert 'conv_general_dilated' not in names
+
+
 def test_grouped_conv_default_and_override():
   assert jax.default_backend() == 'cpu'
   assert cpu_conv.default_grouped_conv_impl() == 'split'
