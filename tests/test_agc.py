@@ -1,5 +1,7 @@
 """AGC against independent oracles: a direct NumPy formula and optax.adaptive_grad_clip."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,3 +254,94 @@ def test_composes_with_optax_chain_and_mask_under_jit():
     grads['net/~/conv']['w'], params['net/~/conv']['w'], CLIP, EPS, (0, 1, 2)
   )
   np.testing.assert_allclose(updates['net/~/conv']['w'], -want, rtol=2e-6)
+
+
+def test_clip_fractions_agree_with_the_transformation_at_its_edges():
+  # A unit exactly at the threshold is not counted (nor changed); one above is.
+  w = np.array([[3.0, 3.0], [4.0, 4.0]], np.float32)
+  up = np.float32(1 + 2.0**-20)
+  g = np.array([[1.5, 1.5 * up], [2.0, 2.0 * up]], np.float32)
+  fr = agc.clip_fractions({'l': {'w': g}}, {'l': {'w': w}}, 0.5)
+  assert float(fr.per_param['l/w']) == 0.5
+  # The default eps is the transformation's (1e-3): a zero-initialised gain whose
+  # gradient norm is 2e-5 > 0.01 * 1e-3 is clipped by both.
+  p, dg = {'b': {'gain': np.zeros((), np.float32)}}, {'b': {'gain': 2e-5}}
+  dg = jax.tree.map(np.float32, dg)
+  clipped, _ = agc.adaptive_grad_clip(0.01).update(dg, None, p)
+  assert float(clipped['b']['gain']) < 2e-5
+  fr = agc.clip_fractions(dg, p, 0.01)
+  assert float(fr.per_param['b/gain']) == 1.0
+  # A single unit in all: the overall fraction is that unit's.
+  assert float(fr.overall) == 1.0
+
+
+def test_clip_fractions_include_and_unit_axes():
+  params, grads = random_tree(6)
+  # Leaves come in sorted order; leave out the first, keep the ones after it.
+  include = lambda name: name != 'net/~/block/skip_gain'
+  fr = agc.clip_fractions(grads, params, CLIP, EPS, include=include)
+  assert sorted(fr.per_param) == [
+    'net/~/conv/bias',
+    'net/~/conv/gain',
+    'net/~/conv/w',
+    'net/~/linear/b',
+    'net/~/linear/w',
+  ]
+  # unit_axes given to clip_fractions is what counts: the whole linear kernel as
+  # one unit is one clip decision.
+  whole = agc.clip_fractions(
+    grads['net/~/linear'],
+    params['net/~/linear'],
+    CLIP,
+    EPS,
+    unit_axes={'w': (0, 1), 'b': (0,)},
+  )
+  _, trigger = numpy_agc(
+    grads['net/~/linear']['w'], params['net/~/linear']['w'], CLIP, EPS, (0, 1)
+  )
+  assert float(whole.per_param['w']) == float(trigger.max())
+
+
+def test_zero_eps_is_accepted_and_zero_params_then_clip_everything():
+  p = {'l': {'b': np.zeros((3,), np.float32)}}
+  g = {'l': {'b': np.full((3,), 1e-8, np.float32)}}
+  out, _ = agc.adaptive_grad_clip(0.01, eps=0.0).update(g, None, p)
+  np.testing.assert_array_equal(out['l']['b'], 0.0)
+  fr = agc.clip_fractions(g, p, 0.01, eps=0.0)
+  assert float(fr.overall) == 1.0
+
+
+def test_errors_name_the_parameter():
+  g, p = {'a': {'w': np.ones((2, 3))}}, {'a': {'w': np.ones((3, 2))}}
+  with pytest.raises(ValueError, match="'a/w'.*different shapes"):
+    agc.clip_fractions(g, p, 0.01)
+  w = np.ones((3, 4, 5), np.float32)
+  with pytest.raises(ValueError, match=r"'q/w'.*\(3, 4, 5\)"):
+    agc.clip_fractions({'q': {'w': w}}, {'q': {'w': w}}, 0.01)
+  with pytest.raises(ValueError, match='2 leaves but params 1'):
+    agc.clip_fractions({'a': 1.0, 'b': 1.0}, {'a': 1.0}, 0.01)
+
+
+def test_param_path_joins_dict_sequence_and_attribute_keys():
+  pair = collections.namedtuple('Pair', ['first', 'second'])
+  tree = {'mod/~/conv': [pair(1.0, 2.0)]}
+  paths = [
+    agc.param_path(keypath)
+    for keypath, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
+  assert paths == ['mod/~/conv/0/first', 'mod/~/conv/0/second']
+  assert agc.param_path(['a', 3]) == 'a/3'  # plain keys as they are
+
+
+def test_unit_axes_function_sees_name_and_shape_and_negative_axes_count():
+  seen = []
+
+  def axes_fn(name, shape):
+    seen.append((name, shape))
+    return (-2,)
+
+  assert agc.resolve_unit_axes('l/w', [3, 4], axes_fn) == (0,)
+  assert seen == [('l/w', (3, 4))]
+  assert agc.resolve_unit_axes('l/w', (3, 4), {'l/w': (-2, 1)}) == (0, 1)
+  with pytest.raises(ValueError, match='out of range'):
+    agc.resolve_unit_axes('l/w', (3, 4), {'l/w': (-3,)})

@@ -448,3 +448,21 @@ def test_bad_arguments_name_accepted_values(mnist_dir):
     pipeline.build_input(
       'embedded_mnist', 'train', process_index=2, process_count=2, **kw
     )
+
+
+@pytest.mark.parametrize('start, end', [(0, 10), (5, 5), (3, 50_003), (7, 9)])
+@pytest.mark.parametrize('process_count', [1, 2, 3, 8])
+def test_shard_range_partitions_the_range_evenly(start, end, process_count):
+  shards = [
+    pipeline.shard_range(start, end, i, process_count)
+    for i in range(process_count)
+  ]
+  # Contiguous, in process order, covering [start, end) exactly once...
+  assert shards[0][0] == start and shards[-1][1] == end
+  for (_, hi), (lo, _) in zip(shards, shards[1:]):
+    assert hi == lo
+  # ...with sizes floor(n / p) or one more.
+  n = end - start
+  sizes = [hi - lo for lo, hi in shards]
+  assert set(sizes) <= {n // process_count, -(-n // process_count)}
+  assert sum(sizes) == n
