@@ -2,6 +2,7 @@
 # ./run.sh        set up .venv and run the main job (demo training on the embedded data)
 # ./run.sh test   set up .venv and run the test suite (extra args go to pytest)
 # ./run.sh lint   set up .venv and check formatting and lint (ruff), as CI does
+# ./run.sh mutate set up .venv and mutation-test the guards (docs/testing.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,6 +30,13 @@ case "${1:-}" in
   test)
     shift
     exec "$VENV/bin/python" -m pytest -q tests "$@"
+    ;;
+  mutate)
+    shift
+    if [ ! -x "$VENV/bin/mutmut" ]; then
+      "$VENV/bin/python" -m pip install -q -e '.[test,mutation]'
+    fi
+    exec "$VENV/bin/python" -m tests.mutation "$@"
     ;;
   *)
     exec "$VENV/bin/python" -m experiments.demo "$@"

@@ -48,6 +48,8 @@ setuptools.setup(
       'dill>=0.3.6',  # writes official-format files
       'safetensors>=0.4',  # the reference reader the weights tests compare with
     ],
+    # Mutation testing of the guards (`./run.sh mutate`, docs/testing.md).
+    'mutation': ['mutmut==3.8.1'],
     # timm interchange and the peer benchmark; never needed at run time.
     'torch': ['torch', 'timm', 'safetensors'],
   },
