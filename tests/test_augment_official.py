@@ -55,7 +55,29 @@ def test_official_mode_equals_official_op(size, magnitude, name, sign):
     centre=FIXTURE['centres'][size],
     mode='official',
   ).numpy()
+  if name == 'Sharpness':
+    # The official op truncates a float32 convolution with weights w / 13; where
+    # the weighted sum is a multiple of 13 the float lands on either side of the
+    # integer depending on the CPU's summation order (oneDNN or not). Ours
+    # divides the exact integer sum: equal everywhere else, one grey level
+    # (times the blend factor) apart at most on those ties.
+    tie = np.zeros(image.shape, bool)
+    tie[1:-1, 1:-1] = _smoothing_sum(image) % 13 == 0
+    np.testing.assert_array_equal(out[~tie], expected[~tie])
+    assert np.abs(out[tie].astype(int) - expected[tie]).max() <= 2
+    return
   np.testing.assert_array_equal(out, expected)
+
+
+def _smoothing_sum(image: np.ndarray) -> np.ndarray:
+  """PIL's SMOOTH kernel times 13 (integer weights) over the interior."""
+  x = image.astype(np.int64)
+  h, w = x.shape[0] - 2, x.shape[1] - 2
+  total = 4 * x[1:-1, 1:-1]
+  for i in range(3):
+    for j in range(3):
+      total = total + x[i : i + h, j : j + w]
+  return total
 
 
 def test_solarize_threshold_wraps_like_the_official_uint8_compare():
