@@ -172,12 +172,15 @@ def test_array_record_with_instance_dict_is_refused():
 def test_latin1_codec_loads_and_other_codecs_are_refused():
   import _codecs  # noqa: PLC0415 - the module protocol-2 pickles name
 
-  ok = pickle.dumps(_Reduce(_codecs.encode, 'ab\xff', 'latin1'), protocol=2)
-  assert weights.unpickle_safely(ok) == b'ab\xff'
+  for spelling in ('latin1', 'latin-1', 'Latin_1', 'LATIN1'):
+    ok = pickle.dumps(_Reduce(_codecs.encode, 'ab\xff', spelling), protocol=2)
+    assert weights.unpickle_safely(ok) == b'ab\xff'
   for args, pattern in [
     (('ab', 'rot13'), "encoding 'rot13'"),
     (('ab', 'hex'), "encoding 'hex'"),
     (('ab', 'latin1', 'ignore'), "encoding 'latin1'"),
+    # _codecs.encode's default encoding is UTF-8, not latin-1.
+    (('ab',), "encoding 'utf-8'"),
     ((b'ab', 'latin1'), 'of a bytes'),
   ]:
     data = pickle.dumps(_Reduce(_codecs.encode, *args), protocol=2)
@@ -196,3 +199,75 @@ def test_persistent_id_is_refused():
     weights.UnsafePickleError, match="persistent id 'payload'"
   ):
     weights.unpickle_safely(buffer.getvalue())
+
+
+@pytest.mark.parametrize('protocol', [2, 3, 4, 5])
+def test_save_official_round_trips_and_writes_a_plain_pickle(
+  tmp_path, protocol
+):
+  import jax.numpy as jnp  # noqa: PLC0415 - only this test writes jax arrays
+
+  params = {
+    'stem/conv': {
+      'w': np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7,
+      'b': np.array([1.5, -2.0], np.float16),
+    },
+    'head': {'gain': jnp.ones((3,), jnp.float32), 'n': np.array([3], np.int32)},
+  }
+  path = tmp_path / f'p{protocol}.npz'
+  weights.save_official(path, params, protocol=protocol)
+  raw = path.read_bytes()
+  # The pickle's own header names the protocol (PROTO opcode, then the number).
+  assert raw[:2] == bytes([0x80, protocol])
+  # Oracle: the standard unpickler reads the same nested dict of ndarrays.
+  plain = pickle.loads(raw)
+  for loaded in (plain, weights.load_official(path)):
+    assert sorted(loaded) == sorted(params)
+    for module, leaves in params.items():
+      assert sorted(loaded[module]) == sorted(leaves)
+      for name, value in leaves.items():
+        got = loaded[module][name]
+        assert type(got) is np.ndarray
+        assert got.dtype == np.asarray(value).dtype
+        np.testing.assert_array_equal(got, np.asarray(value))
+
+
+def test_save_official_default_protocol_is_4(tmp_path):
+  path = tmp_path / 'p.npz'
+  weights.save_official(path, {'m': {'w': np.zeros(2, np.float32)}})
+  assert path.read_bytes()[:2] == bytes([0x80, 4])
+
+
+def test_pickled_jax_array_loads_as_numpy():
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  value = jnp.arange(6, dtype=jnp.float32).reshape(2, 3) / 3
+  data = pickle.dumps({'m': {'w': value}}, protocol=4)
+  assert b'_reconstruct_array' in data  # jax's own reduce, not an ndarray's
+  loaded = weights.unpickle_safely(data)
+  assert type(loaded['m']['w']) is np.ndarray
+  np.testing.assert_array_equal(loaded['m']['w'], np.asarray(value))
+
+
+def test_jax_array_record_with_another_constructor_is_refused():
+  import jax  # noqa: PLC0415
+
+  value = np.arange(3, dtype=np.float32)
+  fun, args, state = value.__reduce__()
+  record = (
+    jax._src.array._reconstruct_array,
+    (multiarray.scalar, args, state, {}),
+  )
+  data = pickle.dumps(_Reduce(record[0], *record[1]), protocol=4)
+  with pytest.raises(
+    weights.UnsafePickleError, match='only numpy _reconstruct'
+  ):
+    weights.unpickle_safely(data)
+
+
+def test_each_unpickler_has_its_own_allow_list():
+  first = weights.RestrictedUnpickler(io.BytesIO(b''))
+  first._allowed[('builtins', 'exec')] = exec
+  data = pickle.dumps(_Reduce(exec, '1'), protocol=4)
+  with pytest.raises(weights.UnsafePickleError, match='builtins.exec'):
+    weights.unpickle_safely(data)

@@ -59,8 +59,12 @@ def _safe_reconstruct_jax_array(fun, args, arr_state, aval_state):
   return _safe_create_array(fun, args, arr_state)
 
 
-def _latin1_encode(text, encoding='latin1', errors='strict'):
-  """``_codecs.encode`` as protocol-2 pickles use it for bytes: latin-1 only."""
+def _latin1_encode(text, encoding='utf-8', errors='strict'):
+  """``_codecs.encode`` as protocol-2 pickles use it for bytes: latin-1 only.
+
+  The defaults are ``_codecs.encode``'s own, so a record that leaves out the
+  encoding means UTF-8 and is refused like any other codec.
+  """
   if (
     encoding.replace('-', '').replace('_', '').lower() != 'latin1'
     or errors != 'strict'
@@ -102,19 +106,20 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 class RestrictedUnpickler(pickle.Unpickler):
   """Rebuilds only dicts, lists, tuples, scalars and NumPy arrays; refuses any other class."""
 
-  _ALLOWED = None
+  def __init__(self, file: BinaryIO, **kwargs: Any):
+    super().__init__(file, **kwargs)
+    # Built per unpickler, so that nothing a load does can widen a later one.
+    self._allowed = _allowed_globals()
 
   def find_class(self, module: str, name: str) -> Any:
-    if RestrictedUnpickler._ALLOWED is None:
-      RestrictedUnpickler._ALLOWED = _allowed_globals()
     try:
-      return RestrictedUnpickler._ALLOWED[(module, name)]
+      return self._allowed[(module, name)]
     except KeyError:
       raise UnsafePickleError(
         f'Refusing to load {module}.{name}: a parameter file should only hold dicts '
         'and NumPy arrays, and this pickle asks for another class or function (it may '
         'try to run code). Allowed: '
-        f'{sorted(f"{m}.{n}" for m, n in RestrictedUnpickler._ALLOWED)}.'
+        f'{sorted(f"{m}.{n}" for m, n in self._allowed)}.'
       ) from None
 
   def persistent_load(self, pid: Any) -> Any:
