@@ -141,33 +141,25 @@ class NFNetBNBlock(layers.ResidualBlock):
 class NFNetBN(nfnet.NFNet):
   """NFNet-F* with BatchNorm in place of weight standardization (same widths and depths)."""
 
+  # NFNet options that change the WS convolutions or the block, which NFNetBN
+  # replaces: refused rather than ignored.
+  _NOT_APPLICABLE = ('ws_eps', 'ws_eps_inside', 'use_two_convs')
+
   def __init__(
     self,
     num_classes: int,
     variant: str = 'F0',
-    width: float = 1.0,
-    se_ratio: float = 0.5,
-    alpha: float = 0.2,
-    stochdepth_rate: float = 0.1,
-    drop_rate: float | None = None,
-    activation: str = 'gelu',
-    group_size: int = 128,
-    grouped_conv_impl: str | None = None,
     name: str = 'NFNet_BN',
+    **kwargs,
   ):
-    super().__init__(
-      num_classes,
-      variant,
-      width,
-      se_ratio,
-      alpha,
-      stochdepth_rate,
-      drop_rate,
-      activation,
-      group_size=group_size,
-      grouped_conv_impl=grouped_conv_impl,
-      name=name,
-    )
+    """``kwargs`` are :class:`nfnet.NFNet`'s (width, se_ratio, alpha, ...)."""
+    given = sorted(set(kwargs) & set(self._NOT_APPLICABLE))
+    if given:
+      raise TypeError(
+        f'NFNetBN has BatchNorm convolutions and two 3x3 convs per block; '
+        f'{given} do not apply.'
+      )
+    super().__init__(num_classes, variant, name=name, **kwargs)
 
   @hk.transparent
   def make_conv(self, *args, **kwargs) -> BNConv2D:

@@ -60,6 +60,18 @@ def test_sizes():
   assert fixup.count_macs() == skipinit.count_macs() == v1.count_macs()
 
 
+def test_nfnet_bn_takes_nfnets_options_and_refuses_the_ws_ones():
+  # NFNet's widths and depths at half width: the same count, as at full width
+  # (test_sizes: a WS conv's gain and bias become BatchNorm's scale and offset).
+  nf = nfnets.create_model('nfnet_f0', width=0.5, num_classes=10)
+  bn = nfnets.create_model('nfnet_f0_bn', width=0.5, num_classes=10)
+  assert bn.count_params() == nf.count_params()
+  assert bn.count_params() < nfnets.create_model('nfnet_f0_bn').count_params()
+  for option in ('ws_eps', 'ws_eps_inside', 'use_two_convs'):
+    with pytest.raises(TypeError, match=option):
+      nfnets.create_model('nfnet_f0_bn', **{option: 1e-5}).count_params()
+
+
 def _tiny(name, **kwargs):
   model = nfnets.create_model(name, num_classes=10, **kwargs)
   return (model, *init_on_noise(model, batch=4))
