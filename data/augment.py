@@ -207,15 +207,15 @@ def sharpness(
 
   round_smooth: round the smoothed copy to uint8 (PIL); False truncates (official code).
   """
-  # The weighted sum is an integer below 2^24, exact in float32 in any order;
-  # dividing it once by 13 gives the same quotient on every CPU. (A kernel of
-  # weights w / 13 sums rounded terms, and where the sum is a multiple of 13 the
-  # truncated result depends on the summation order.)
+  # The official op's own float computation (weights w / 13 in one depthwise
+  # convolution), so that both give the same result on the same CPU: where the
+  # weighted sum is a multiple of 13, the truncated value depends on the
+  # convolution's summation order (oneDNN's or Eigen's).
   x = tf.cast(image, tf.float32)[None]
-  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32)
+  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
   smooth = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], 'VALID')
-  smooth = smooth[0] / 13.0
+  smooth = smooth[0]
   if round_smooth:
     smooth = tf.round(smooth)
   smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)

@@ -56,11 +56,12 @@ def test_official_mode_equals_official_op(size, magnitude, name, sign):
     mode='official',
   ).numpy()
   if name == 'Sharpness':
-    # The official op truncates a float32 convolution with weights w / 13; where
-    # the weighted sum is a multiple of 13 the float lands on either side of the
-    # integer depending on the CPU's summation order (oneDNN or not). Ours
-    # divides the exact integer sum: equal everywhere else, one grey level
-    # (times the blend factor) apart at most on those ties.
+    # The official op truncates a float32 convolution with weights w / 13, and
+    # so does ours; where the weighted sum is a multiple of 13 the float lands
+    # on either side of the integer depending on the convolution's summation
+    # order. The fixture was written with TF's Eigen kernels (equal at every
+    # pixel under TF_ENABLE_ONEDNN_OPTS=0); oneDNN's differ on those ties only,
+    # by one grey level times the blend factor.
     tie = np.zeros(image.shape, bool)
     tie[1:-1, 1:-1] = _smoothing_sum(image) % 13 == 0
     np.testing.assert_array_equal(out[~tie], expected[~tie])
