@@ -6,8 +6,11 @@ The images have a distinct patch at the centre and different colours in each cor
 crop taken anywhere but the centre fails by hundreds of grey levels.
 """
 
+import io
+
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from data import preprocess
@@ -97,3 +100,102 @@ def test_eval_batch_pipeline_uses_the_same_centre_crop():
   np.testing.assert_allclose(
     got, image[16 : 16 + size, 16 : 16 + size], atol=1e-3
   )
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, 'JPEG', quality=95)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('preproc', ['resize_crop_32', 'crop_resize', 'resize'])
+def test_jpeg_bytes_give_the_decoded_images_result(preproc):
+  # The pipeline feeds encoded JPEGs (decoded lazily, cropping inside the
+  # decoder); the same JPEG decoded first must give the same input.
+  data = _jpeg(_image(40, 56))
+  decoded = tf.io.decode_jpeg(data, channels=3)
+  from_bytes = preprocess.eval_image_tf(tf.constant(data), 24, preproc)
+  from_pixels = preprocess.eval_image_tf(tf.constant(decoded), 24, preproc)
+  assert from_bytes.shape == (24, 24, 3)
+  np.testing.assert_allclose(from_bytes, from_pixels, atol=1e-3)
+  # And it is that image's crop, not a blank or wrong one.
+  assert np.abs(from_bytes.numpy() - from_pixels.numpy()[::-1]).max() > 50
+
+
+def test_resize_is_the_whole_image_resized():
+  # Bicubic resize of the whole frame, no crop: PIL's on an upsampled image.
+  image = _image(18, 20)
+  got = _model_input_to_pixels(preprocess.eval_image(image, 24, 'resize'))
+  np.testing.assert_allclose(got, _pil_bicubic(image, 24), atol=0.5)
+
+
+def test_default_eval_preprocessing_is_the_official_resize_crop_32():
+  image = _image(30, 50)
+  np.testing.assert_array_equal(
+    preprocess.eval_image(image, 24),
+    preprocess.eval_image(image, 24, 'resize_crop_32'),
+  )
+  np.testing.assert_array_equal(
+    preprocess.eval_image_tf(tf.constant(image), 24),
+    preprocess.eval_image_tf(tf.constant(image), 24, 'resize_crop_32'),
+  )
+
+
+def test_grey_and_rgba_images_are_evaluated_as_rgb():
+  rgb = _image(40, 40)
+  grey = rgb[..., 0]
+  want_grey = preprocess.eval_image(np.repeat(grey[..., None], 3, -1), 24)
+  for image in (grey, grey[..., None]):
+    got = preprocess.eval_image(image, 24)
+    assert got.dtype == np.float32 and got.shape == (24, 24, 3)
+    np.testing.assert_array_equal(got, want_grey)
+  rgba = np.concatenate([rgb, np.full((40, 40, 1), 7, np.uint8)], -1)
+  np.testing.assert_array_equal(
+    preprocess.eval_image(rgba, 24), preprocess.eval_image(rgb, 24)
+  )
+  for shape in ((40, 40, 2), (40, 40, 5), (1, 40, 40, 3), (40,)):
+    with pytest.raises(ValueError, match='eval_image expects'):
+      preprocess.eval_image(np.zeros(shape, np.uint8), 24)
+  with pytest.raises(ValueError, match='uint8'):
+    preprocess.eval_image(rgb.astype(np.float32), 24)
+
+
+@pytest.mark.parametrize(
+  'preproc', ['resize_crop_32', 'resize_crop_0.875', 'crop_resize', 'resize']
+)
+def test_accepted_eval_preprocessings(preproc):
+  preprocess.check_eval_preproc(preproc)
+
+
+@pytest.mark.parametrize(
+  'preproc',
+  [
+    'resize_crop_0',
+    'resize_crop_-1',
+    'resize_crop_',
+    'resize_crop_abc',
+    'RESIZE',
+    'resize_',
+    'crop',
+  ],
+)
+def test_unknown_eval_preprocessing_is_refused(preproc):
+  with pytest.raises(ValueError, match='Unknown eval_preproc'):
+    preprocess.check_eval_preproc(preproc)
+
+
+def test_fraction_resize_crop_is_the_central_fraction():
+  # 'resize_crop_0.5': resize to S / 0.5, keep the central S x S.
+  size = 24
+  image = _image(48, 48)
+  got = _model_input_to_pixels(
+    preprocess.eval_image(image, size, 'resize_crop_0.5')
+  )
+  np.testing.assert_allclose(got, image[12:36, 12:36], atol=1e-3)
+
+
+def test_one_pixel_image_crops_to_one_pixel():
+  # The centre window never shrinks below one pixel (or grows past the image).
+  image = np.full((1, 1, 3), 200, np.uint8)
+  got = preprocess.eval_image_tf(tf.constant(image), 8, 'crop_resize')
+  np.testing.assert_allclose(got, np.full((8, 8, 3), 200.0), atol=1e-3)
