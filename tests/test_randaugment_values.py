@@ -220,3 +220,22 @@ def test_cutout_is_a_grey_square_of_the_mapped_size(magnitude, seed):
     assert lines.size == 2 * pad or (
       lines.size < 2 * pad and (lines[0] == 0 or lines[-1] == SIZE - 1)
     )
+
+
+def test_cutout_centres_cover_the_image_independently():
+  # Uniform over every row and column, y and x drawn from separate streams.
+  image = tf.zeros((6, 9, 3), tf.uint8)
+  centres = np.array(
+    [
+      augment.cutout_centre(image, tf.constant([s, 3], tf.int64)).numpy()
+      for s in range(150)
+    ]
+  )
+  assert set(centres[:, 0]) == set(range(6))
+  assert set(centres[:, 1]) == set(range(9))
+  square = tf.zeros((9, 9, 3), tf.uint8)
+  diagonal = [
+    np.equal(*augment.cutout_centre(square, tf.constant([s, 3], tf.int64)))
+    for s in range(40)
+  ]
+  assert sum(diagonal) < 20  # 1 in 9 expected; the same stream would give 40
