@@ -199,3 +199,28 @@ def test_one_pixel_image_crops_to_one_pixel():
   image = np.full((1, 1, 3), 200, np.uint8)
   got = preprocess.eval_image_tf(tf.constant(image), 8, 'crop_resize')
   np.testing.assert_allclose(got, np.full((8, 8, 3), 200.0), atol=1e-3)
+
+
+@pytest.mark.parametrize('preproc', ['resize_crop_32', 'crop_resize', 'resize'])
+def test_greyscale_jpeg_bytes_give_three_channels(preproc):
+  grey = _image(40, 56)[..., 1]
+  buffer = io.BytesIO()
+  Image.fromarray(grey, 'L').save(buffer, 'JPEG', quality=95)
+  out = preprocess.eval_image_tf(tf.constant(buffer.getvalue()), 24, preproc)
+  assert out.shape == (24, 24, 3)
+  np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_resize_crop_threshold_between_fraction_and_pixels():
+  # Up to 1: a fraction of the resized side ('resize_crop_1' = no crop);
+  # above 1: pixels of padding ('resize_crop_2': resize to S + 2, drop 1 px).
+  size = 24
+  image = _image(size + 2, size + 2)
+  one = preprocess.eval_image(image, size, 'resize_crop_1')
+  np.testing.assert_array_equal(
+    one, preprocess.eval_image(image, size, 'resize')
+  )
+  two = _model_input_to_pixels(
+    preprocess.eval_image(image, size, 'resize_crop_2')
+  )
+  np.testing.assert_allclose(two, image[1 : 1 + size, 1 : 1 + size], atol=1e-3)

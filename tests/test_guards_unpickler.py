@@ -271,3 +271,38 @@ def test_each_unpickler_has_its_own_allow_list():
   data = pickle.dumps(_Reduce(exec, '1'), protocol=4)
   with pytest.raises(weights.UnsafePickleError, match='builtins.exec'):
     weights.unpickle_safely(data)
+
+
+def _renamed(data: bytes, old: str, new: str) -> bytes:
+  """A protocol-0 pickle with a module path renamed (names are text there)."""
+  assert old.encode() in data
+  return data.replace(old.encode(), new.encode())
+
+
+def test_older_numpy_dill_and_ordereddict_records_load():
+  # Files written under NumPy 1 (numpy.core), by older dill (dill.dill), with
+  # OrderedDicts and NumPy scalars: the names the official files may hold.
+  import collections  # noqa: PLC0415
+
+  value = np.arange(6, dtype=np.float32).reshape(2, 3)
+  tree = collections.OrderedDict(
+    m=collections.OrderedDict(w=value, s=np.float32(2.5))
+  )
+  data = pickle.dumps(tree, protocol=0)
+  assert b'collections\nOrderedDict' in data
+  for blob in (data, _renamed(data, 'numpy._core', 'numpy.core')):
+    loaded = weights.unpickle_safely(blob)
+    assert type(loaded) is dict and type(loaded['m']) is dict
+    np.testing.assert_array_equal(loaded['m']['w'], value)
+    assert loaded['m']['s'] == np.float32(2.5)
+    assert loaded['m']['s'].dtype == np.float32
+  record = _array_record(multiarray._reconstruct, value)
+  for blob in (record, _renamed(record, 'dill._dill', 'dill.dill')):
+    np.testing.assert_array_equal(weights.unpickle_safely(blob), value)
+
+
+def test_malformed_official_file_names_itself(tmp_path):
+  path = tmp_path / 'not_a_tree.npz'
+  path.write_bytes(pickle.dumps([1, 2], protocol=4))
+  with pytest.raises(ValueError, match='not_a_tree.npz: expected a dict'):
+    weights.load_official(path)

@@ -330,3 +330,39 @@ def test_bad_config_raises_with_accepted_values():
       optim.default_config(),
       **{**kw, 'params': {'N/~/attn': {'w': np.ones((2, 2, 2))}}},
     )
+
+
+def test_weight_decay_mask_rules_by_name_rank_and_strength():
+  cfg = optim.default_config()
+  shapes = {
+    'net/~/conv': {
+      'w': np.zeros((3, 3, 4, 8)),
+      'gain': np.zeros((8,)),
+      'bias': np.zeros((8,)),
+    },
+    'net/~/table': {
+      # Rank 2, but named as gains and biases are: never decayed, even when
+      # the config's list of names does not hold them.
+      'ws_gain': np.zeros((4, 8)),
+      'bias_matrix': np.zeros((4, 8)),
+      'scale': np.zeros((4, 8)),
+      'kernel': np.zeros((4, 8)),
+    },
+  }
+  want = {
+    'net/~/conv': {'w': True, 'gain': False, 'bias': False},
+    'net/~/table': {
+      'ws_gain': False,
+      'bias_matrix': False,
+      'scale': False,
+      'kernel': True,
+    },
+  }
+  assert optim.weight_decay_mask(shapes, cfg) == want
+  cfg.no_decay_names = ()
+  want['net/~/table']['scale'] = True
+  assert optim.weight_decay_mask(shapes, cfg) == want
+  # No weight decay: no parameter is in the decayed group.
+  cfg.weight_decay = 0.0
+  mask = optim.weight_decay_mask(shapes, cfg)
+  assert not any(jax.tree_util.tree_leaves(mask))

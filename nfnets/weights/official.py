@@ -106,8 +106,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 class RestrictedUnpickler(pickle.Unpickler):
   """Rebuilds only dicts, lists, tuples, scalars and NumPy arrays; refuses any other class."""
 
-  def __init__(self, file: BinaryIO, **kwargs: Any):
-    super().__init__(file, **kwargs)
+  def __init__(self, file: BinaryIO):
+    super().__init__(file)
     # Built per unpickler, so that nothing a load does can widen a later one.
     self._allowed = _allowed_globals()
 
