@@ -239,3 +239,73 @@ def test_cutout_centres_cover_the_image_independently():
     for s in range(40)
   ]
   assert sum(diagonal) < 20  # 1 in 9 expected; the same stream would give 40
+
+
+def _equalize_cases():
+  rng = np.random.RandomState(3)
+  no_white = rng.randint(10, 201, (SIZE, SIZE, 3))  # the top level is absent
+  constant = np.full((SIZE, SIZE, 3), 77)
+  two_levels = np.where(rng.rand(SIZE, SIZE, 3) < 0.9, 60, 180)
+  small = rng.randint(0, 256, (16, 16, 3))  # 256 pixels: step near 1
+  return [x.astype(np.uint8) for x in (no_white, constant, two_levels, small)]
+
+
+@pytest.mark.parametrize('case', range(4))
+def test_equalize_matches_pil_on_edge_histograms(case):
+  image = _equalize_cases()[case]
+  want = np.asarray(ImageOps.equalize(_pil(image)))
+  np.testing.assert_array_equal(_apply('Equalize', image, 5), want)
+
+
+def test_posterize_bits_above_magnitude_10():
+  image = _noise_image(1)
+  # 'corrected': never fewer than 1 bit; 'official': never more than 8.
+  for m in (20, 30):
+    np.testing.assert_array_equal(
+      _apply('Posterize', image, m),
+      np.asarray(ImageOps.posterize(_pil(image), 1)),
+    )
+  out = augment.apply_op_with(
+    'Posterize', tf.constant(image), 25, mode='official'
+  ).numpy()
+  np.testing.assert_array_equal(out, image)
+
+
+def test_official_contrast_level_clips_at_255():
+  # 256 x 256 px: H * W / 256 = 256, clipped to grey level 255.
+  image = np.random.RandomState(4).randint(0, 256, (256, 256, 3))
+  image = image.astype(np.uint8)
+  factor = np.float32(5 / 10 * 1.8 + 0.1)
+  level = np.float32(255)
+  want = np.clip(level + factor * (image.astype(np.float32) - level), 0, 255)
+  out = augment.apply_op_with(
+    'Contrast', tf.constant(image), 5, mode='official'
+  ).numpy()
+  np.testing.assert_array_equal(out, want.astype(np.uint8))
+
+
+def test_default_sign_is_the_official_argument():
+  image = _block_image(2)
+  for name in ('Rotate', 'ShearX', 'TranslateY'):
+    default = augment.apply_op_with(
+      name, tf.constant(image), 7, mode='corrected'
+    )
+    plus = augment.apply_op_with(
+      name, tf.constant(image), 7, sign=1.0, mode='corrected'
+    )
+    np.testing.assert_array_equal(default, plus)
+
+
+@pytest.mark.parametrize('shape', [(224, 224), (112, 224), (224, 112)])
+def test_cutout_half_side_is_40_px_at_224_scaled_by_the_short_side(shape):
+  image = np.full(shape + (3,), 7, np.uint8)
+  centre = (shape[0] // 2, shape[1] // 2)
+  out = augment.apply_op_with(
+    'Cutout', tf.constant(image), 10, centre=centre, mode='corrected'
+  ).numpy()
+  pad = 40 * min(shape) // 224
+  grey = np.all(out == 128, axis=-1)
+  assert grey.sum() == (2 * pad) ** 2
+  assert grey[
+    centre[0] - pad : centre[0] + pad, centre[1] - pad : centre[1] + pad
+  ].all()
