@@ -186,3 +186,27 @@ def test_paper_configs_default_to_the_official_augmentation_and_eval():
   config.eval_dtype = 'float16'
   with pytest.raises(ValueError, match='accepted'):
     train.eval_dtype(config)
+
+
+@pytest.mark.parametrize('mode', ['official', 'corrected'])
+def test_randaugment_draws_the_first_and_last_ops(mode):
+  # The op index is uniform over every op, both ends included: the first op's
+  # (AutoContrast) and the last op's outputs each appear in about 1 in 16 (15).
+  image = np.random.RandomState(0).randint(60, 140, (16, 16, 3))
+  image = image.astype(np.float32)
+  names = augment.ops(mode)
+  first, last = (
+    augment.apply_op_with(
+      name, tf.constant(image.astype(np.uint8)), 10, mode=mode
+    ).numpy()
+    for name in (names[0], names[-1])
+  )
+  assert names[0] == 'AutoContrast'
+  hits = {'first': 0, 'last': 0}
+  for i in range(200):
+    out = augment.randaugment(
+      tf.constant(image), tf.constant([i, 2], tf.int64), 1, 10, mode=mode
+    ).numpy()
+    hits['first'] += np.array_equal(out, first)
+    hits['last'] += np.array_equal(out, last)
+  assert hits['first'] >= 3 and hits['last'] >= 3, hits

@@ -275,11 +275,12 @@ def test_official_contrast_level_clips_at_255():
   # 256 x 256 px: H * W / 256 = 256, clipped to grey level 255.
   image = np.random.RandomState(4).randint(0, 256, (256, 256, 3))
   image = image.astype(np.uint8)
-  factor = np.float32(5 / 10 * 1.8 + 0.1)
+  # Magnitude 2: factor 0.46 (at magnitude 5 the factor is 1, the identity).
+  factor = np.float32(2 / 10 * 1.8 + 0.1)
   level = np.float32(255)
   want = np.clip(level + factor * (image.astype(np.float32) - level), 0, 255)
   out = augment.apply_op_with(
-    'Contrast', tf.constant(image), 5, mode='official'
+    'Contrast', tf.constant(image), 2, mode='official'
   ).numpy()
   np.testing.assert_array_equal(out, want.astype(np.uint8))
 
