@@ -310,3 +310,40 @@ def test_cutout_half_side_is_40_px_at_224_scaled_by_the_short_side(shape):
   assert grey[
     centre[0] - pad : centre[0] + pad, centre[1] - pad : centre[1] + pad
   ].all()
+
+
+def test_auto_contrast_edge_channels_match_pil():
+  # Channel 0 has two adjacent levels (stretched to 0 and 255), channel 1 is
+  # constant (unchanged), channel 2 is noise.
+  rng = np.random.RandomState(5)
+  image = np.stack(
+    [
+      rng.choice([100, 101], (SIZE, SIZE)),
+      np.full((SIZE, SIZE), 90),
+      rng.randint(0, 256, (SIZE, SIZE)),
+    ],
+    axis=-1,
+  ).astype(np.uint8)
+  want = np.asarray(ImageOps.autocontrast(_pil(image)))
+  np.testing.assert_array_equal(_apply('AutoContrast', image, 5), want)
+
+
+def test_solarize_add_at_magnitude_0_is_the_identity():
+  image = _noise_image(6)
+  image[:4] = 0
+  np.testing.assert_array_equal(_apply('SolarizeAdd', image, 0), image)
+
+
+def test_values_above_255_saturate_on_small_images_too():
+  # TF's float -> uint8 cast wraps on short tensors (256 -> 0) and saturates on
+  # vectorised ones, so the clip to 255 must come first everywhere.
+  pixel = np.full((1, 1, 3), 200, np.uint8)
+  np.testing.assert_array_equal(_apply('Brightness', pixel, 10), 255)
+  hot = tf.constant(np.full((1, 1, 3), 300.0, np.float32))
+  white = tf.constant(np.full((1, 1, 3), 255.0, np.float32))
+  for i in range(8):
+    seed = tf.constant([i, 9], tf.int64)
+    np.testing.assert_array_equal(
+      augment.randaugment(hot, seed, 1, 5, mode='official'),
+      augment.randaugment(white, seed, 1, 5, mode='official'),
+    )
