@@ -14,10 +14,12 @@ timm's, per round and as medians over rounds (a shared machine drifts).
   python -m benchmarks.plain_loop --mode=runtime   # one timing, configure_cpu()
 """
 
-import argparse
 import statistics
 import sys
 import time
+import types
+
+from absl import app, flags
 
 from benchmarks import cpu_vs_timm
 
@@ -35,32 +37,35 @@ _OURS = {
 }
 
 
-def _parse() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    '--mode',
-    choices=['all', 'plain', 'runtime'],
-    default='all',
-    help='all: every figure, in rounds; plain/runtime: time one user loop.',
-  )
-  parser.add_argument(
-    '--torch_python',
-    default=None,
-    help='Python with torch and timm (mode all); without it, no timm figure.',
-  )
-  parser.add_argument('--model', default='nfnet_f0')
-  parser.add_argument('--rounds', type=int, default=1)
-  parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--image_size', type=int, default=192)
-  parser.add_argument(
-    '--width', type=float, default=1.0, help='Width multiplier (smoke runs).'
-  )
-  return parser.parse_args()
+_MODE = flags.DEFINE_enum(
+  'mode',
+  'all',
+  ['all', 'plain', 'runtime'],
+  'all: every figure, in rounds; plain/runtime: time one user loop.',
+)
+_TORCH_PYTHON = flags.DEFINE_string(
+  'torch_python',
+  None,
+  'Python with torch and timm (mode all); without it, no timm figure.',
+)
+flags.DEFINE_string('model', 'nfnet_f0', 'Registered model name.')
+flags.DEFINE_integer('rounds', 1, 'Rounds of every figure (mode all).')
+flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.')
+flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported.')
+flags.DEFINE_integer('batch_size', 8, 'Images per step.')
+flags.DEFINE_integer('image_size', 192, 'Square input resolution.')
+flags.DEFINE_float('width', 1.0, 'Width multiplier (smoke runs).')
 
 
-def time_user_loop(args: argparse.Namespace, configure: bool) -> float:
+def _parse() -> types.SimpleNamespace:
+  """The flags as one namespace (time_user_loop takes it whole)."""
+  names = ('model', 'rounds', 'steps', 'repeats', 'batch_size', 'image_size')
+  values = {name: flags.FLAGS[name].value for name in (*names, 'width')}
+  values.update(mode=_MODE.value, torch_python=_TORCH_PYTHON.value)
+  return types.SimpleNamespace(**values)
+
+
+def time_user_loop(args: types.SimpleNamespace, configure: bool) -> float:
   """Seconds per step of a user's F0 loop (median over repeats)."""
   if configure:
     # First, before anything runs on JAX: that is the documented contract.
@@ -124,7 +129,8 @@ def _throughput(command: list[str]) -> float:
   return cpu_vs_timm.throughputs(cpu_vs_timm.run(command))['train']
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+  del argv  # Unused.
   args = _parse()
   if args.mode != 'all':
     seconds = time_user_loop(args, configure=args.mode == 'runtime')
@@ -181,4 +187,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)
