@@ -168,6 +168,43 @@ def timed_loop(
   return carry, time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def time_compiled(
+  kind: str,
+  fn: Callable,
+  carry: Any,
+  args: tuple,
+  *,
+  batch_size: int,
+  image_size: int,
+  compile_seconds: float,
+  steps: int,
+  warmup: int,
+  repeats: int,
+) -> Timing:
+  """``warmup`` untimed calls, then the median per-call time of ``repeats`` loops.
+
+  ``fn`` as :func:`timed_loop` runs it; the carry (the train state) is threaded through
+  the warm-up and every loop, as training threads it.
+  """
+  for _ in range(warmup):
+    carry, _, _ = timed_loop(fn, carry, args, 1)
+  logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
+  times, cpu_times = [], []
+  for _ in range(repeats):
+    carry, seconds, cpu = timed_loop(fn, carry, args, steps)
+    times.append(seconds / steps)
+    cpu_times.append(cpu / steps)
+  return Timing(
+    kind,
+    batch_size,
+    image_size,
+    float(np.median(times)),
+    compile_seconds,
+    times,
+    float(np.median(cpu_times)),
+  )
+
+
 def compiled_train_step(
   model,
   *,
@@ -233,22 +270,17 @@ def time_train_step(
     batch_size,
     compile_seconds,
   )
-  for _ in range(warmup):
-    train_state, _, _ = timed_loop(compiled, train_state, batch, 1)
-  logging.info('Warm-up done; timing %d x %d steps.', repeats, steps)
-  times, cpu_times = [], []
-  for _ in range(repeats):
-    train_state, seconds, cpu = timed_loop(compiled, train_state, batch, steps)
-    times.append(seconds / steps)
-    cpu_times.append(cpu / steps)
-  return Timing(
+  return time_compiled(
     'train',
-    batch_size,
-    image_size,
-    float(np.median(times)),
-    compile_seconds,
-    times,
-    float(np.median(cpu_times)),
+    compiled,
+    train_state,
+    batch,
+    batch_size=batch_size,
+    image_size=image_size,
+    compile_seconds=compile_seconds,
+    steps=steps,
+    warmup=warmup,
+    repeats=repeats,
   )
 
 
@@ -382,22 +414,17 @@ def time_eval_step(
   compiled = forward.lower(params, state, images).compile()
   compile_seconds = time.perf_counter() - start
   # Thread params through a trivial carry so timed_loop's interface fits.
-  fn = lambda carry, p, s, x: (carry, compiled(p, s, x))
-  for _ in range(warmup):
-    timed_loop(fn, None, (params, state, images), 1)
-  times, cpu_times = [], []
-  for _ in range(repeats):
-    _, seconds, cpu = timed_loop(fn, None, (params, state, images), steps)
-    times.append(seconds / steps)
-    cpu_times.append(cpu / steps)
-  return Timing(
+  return time_compiled(
     'eval',
-    batch_size,
-    image_size,
-    float(np.median(times)),
-    compile_seconds,
-    times,
-    float(np.median(cpu_times)),
+    lambda carry, p, s, x: (carry, compiled(p, s, x)),
+    None,
+    (params, state, images),
+    batch_size=batch_size,
+    image_size=image_size,
+    compile_seconds=compile_seconds,
+    steps=steps,
+    warmup=warmup,
+    repeats=repeats,
   )
 
 
