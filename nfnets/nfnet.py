@@ -4,6 +4,7 @@ Module and parameter names equal the official release's (``NFNet/~/nf_block_3/~/
 and so on), so the published checkpoints load without renaming.
 """
 
+import functools
 from collections.abc import Callable
 
 import haiku as hk
@@ -44,8 +45,11 @@ class NFBlock(layers.ResidualBlock):
     grouped_conv_impl: str | None = None,
     ws_eps: float = layers.WS_EPS,
     ws_eps_inside: bool = False,
+    conv: Callable[..., hk.Module] | None = None,
     name: str | None = None,
   ):
+    """``conv`` makes the block's convolutions (``WSConv2D``'s arguments); the
+    default is a WS convolution with ``grouped_conv_impl`` and the WS eps."""
     super().__init__(
       in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
     )
@@ -54,12 +58,11 @@ class NFBlock(layers.ResidualBlock):
     self.groups = max(1, width // group_size)
     self.width = group_size * self.groups if width >= group_size else width
     self.use_two_convs = use_two_convs
-    conv = lambda *a, **k: layers.WSConv2D(
-      *a,
+    conv = conv or functools.partial(
+      layers.WSConv2D,
       grouped_conv_impl=grouped_conv_impl,
       eps=ws_eps,
       eps_inside=ws_eps_inside,
-      **k,
     )
     self.conv0 = conv(self.width, kernel_shape=1, name='conv0')
     self.conv1 = conv(
@@ -86,17 +89,31 @@ class NFBlock(layers.ResidualBlock):
     self, x: jax.Array, is_training: bool
   ) -> tuple[jax.Array, jax.Array]:
     """Returns the block output and the residual branch's average channel variance."""
+    conv = functools.partial(self.run_conv, is_training=is_training)
     out = self.pre_activate(x)
     shortcut = layers.pooled_shortcut(
-      x, out, self.stride, self.conv_shortcut if self.use_projection else None
+      x,
+      out,
+      self.stride,
+      functools.partial(conv, self.conv_shortcut)
+      if self.use_projection
+      else None,
     )
-    out = self.conv0(out)
-    out = self.conv1(self.activation(out))
+    out = conv(self.conv0, out)
+    out = conv(self.conv1, self.activation(out))
     if self.use_two_convs:
-      out = self.conv1b(self.activation(out))
-    out = self.conv2(self.activation(out))
+      out = conv(self.conv1b, self.activation(out))
+    out = conv(self.conv2, self.activation(out))
     out = (self.se(out) * 2) * out  # x2 keeps the gate's expected scale near 1.
     return self.merge(out, shortcut, is_training)
+
+  @hk.transparent
+  def run_conv(
+    self, conv: hk.Module, x: jax.Array, is_training: bool
+  ) -> jax.Array:
+    """Applies one of the block's convolutions (NFNetBN's need ``is_training``)."""
+    del is_training  # WS convolutions keep no statistics.
+    return conv(x)
 
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds at input size ``h x w`` (official counting rules)."""
@@ -141,6 +158,8 @@ class NFBlock(layers.ResidualBlock):
 )
 class NFNet(nf_network.NFNetwork):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
+
+  block_type = NFBlock
 
   def __init__(
     self,
@@ -218,7 +237,7 @@ class NFNet(nf_network.NFNetwork):
   @hk.transparent  # keeps the modules it makes out of a ~make_block scope
   def make_block(self, in_ch: int, out_ch: int, **kwargs) -> hk.Module:
     """One residual block; ``kwargs`` are ``build_nf_stages``'s per-block ones."""
-    return NFBlock(
+    return self.block_type(
       in_ch,
       out_ch,
       expansion=0.5,
@@ -230,6 +249,7 @@ class NFNet(nf_network.NFNetwork):
       grouped_conv_impl=self.grouped_conv_impl,
       ws_eps=self.ws_eps,
       ws_eps_inside=self.ws_eps_inside,
+      name='nf_block',  # the official name, also for NFNetBN's block type
       **kwargs,
     )
 

@@ -11,7 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import cpu_conv, layers, nfnet, registry, variants
+from nfnets import cpu_conv, nfnet, registry, variants
 from nfnets.baseline_layers import batch_norm, conv_macs
 
 
@@ -64,67 +64,30 @@ class BNConv2D(hk.Module):
     )
 
 
-class NFNetBNBlock(layers.ResidualBlock):
+class NFNetBNBlock(nfnet.NFBlock):
   """``nfnet.NFBlock`` with every WS conv replaced by conv + BatchNorm (same shapes)."""
 
   def __init__(
     self,
     in_ch: int,
     out_ch: int,
-    group_size: int,
-    stride: int,
-    beta: float,
-    alpha: float,
-    activation,
-    se_ratio: float = 0.5,
-    stochdepth_rate: float | None = None,
     grouped_conv_impl: str | None = None,
-    name: str | None = None,
+    **kwargs,
   ):
+    """``kwargs`` are :class:`nfnet.NFBlock`'s; its WS eps does not apply here."""
     super().__init__(
-      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
+      in_ch,
+      out_ch,
+      grouped_conv_impl=grouped_conv_impl,
+      conv=functools.partial(BNConv2D, grouped_conv_impl=grouped_conv_impl),
+      **kwargs,
     )
-    width = int(out_ch * 0.5)
-    self.groups = max(1, width // group_size)
-    self.width = group_size * self.groups if width >= group_size else width
-    conv = lambda *a, **k: BNConv2D(
-      *a, grouped_conv_impl=grouped_conv_impl, **k
-    )
-    self.conv0 = conv(self.width, 1, name='conv0')
-    self.conv1 = conv(self.width, 3, stride, self.groups, name='conv1')
-    self.conv1b = conv(self.width, 3, 1, self.groups, name='conv1b')
-    self.conv2 = conv(out_ch, 1, name='conv2')
-    if self.use_projection:
-      self.conv_shortcut = conv(out_ch, 1, name='conv_shortcut')
-    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio)
 
-  def __call__(
-    self, x: jax.Array, is_training: bool
-  ) -> tuple[jax.Array, jax.Array]:
-    out = self.pre_activate(x)
-    shortcut = layers.pooled_shortcut(
-      x,
-      out,
-      self.stride,
-      functools.partial(self.conv_shortcut, is_training=is_training)
-      if self.use_projection
-      else None,
-    )
-    out = self.conv0(out, is_training)
-    out = self.conv1(self.activation(out), is_training)
-    out = self.conv1b(self.activation(out), is_training)
-    out = self.conv2(self.activation(out), is_training)
-    out = (self.se(out) * 2) * out
-    return self.merge(out, shortcut, is_training)
-
-  def count_macs(self, h: float, w: float) -> float:
-    macs = self.conv0.count_macs(self.in_ch, h, w)
-    macs += self.conv1.count_macs(self.width, h, w)
-    h, w = h / self.stride, w / self.stride
-    macs += self.conv1b.count_macs(self.width, h, w)
-    if self.use_projection:
-      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
-    return macs + self.se.count_macs() + self.conv2.count_macs(self.width, h, w)
+  @hk.transparent
+  def run_conv(
+    self, conv: hk.Module, x: jax.Array, is_training: bool
+  ) -> jax.Array:
+    return conv(x, is_training)
 
 
 @registry.register_family(
@@ -144,6 +107,7 @@ class NFNetBN(nfnet.NFNet):
   # NFNet options that change the WS convolutions or the block, which NFNetBN
   # replaces: refused rather than ignored.
   _NOT_APPLICABLE = ('ws_eps', 'ws_eps_inside', 'use_two_convs')
+  block_type = NFNetBNBlock
 
   def __init__(
     self,
@@ -164,20 +128,6 @@ class NFNetBN(nfnet.NFNet):
   @hk.transparent
   def make_conv(self, *args, **kwargs) -> BNConv2D:
     return BNConv2D(*args, grouped_conv_impl=self.grouped_conv_impl, **kwargs)
-
-  @hk.transparent
-  def make_block(self, in_ch: int, out_ch: int, **kwargs) -> NFNetBNBlock:
-    return NFNetBNBlock(
-      in_ch,
-      out_ch,
-      self.group_size,
-      alpha=self.alpha,
-      activation=self.activation,
-      se_ratio=self.se_ratio,
-      grouped_conv_impl=self.grouped_conv_impl,
-      name='nf_block',
-      **kwargs,
-    )
 
   @hk.transparent
   def run_conv(
