@@ -18,7 +18,21 @@ _STRIDES = (1, 2, 2, 2)
 TOTAL_STRIDE = 32  # stem (4) x stages (1 * 2 * 2 * 2)
 
 
-class NFBlock(layers.ResidualBlock):
+class WSConvCalls:
+  """How the NFNet block and network apply the convolutions they make.
+
+  A mixin so that NFNetBN swaps it for :class:`nfnet_bn.BNConvCalls` in both, whose
+  BatchNorm convolutions take ``is_training``.
+  """
+
+  def run_conv(
+    self, conv: hk.Module, x: jax.Array, is_training: bool
+  ) -> jax.Array:
+    del is_training  # WS convolutions keep no statistics.
+    return conv(x)
+
+
+class NFBlock(WSConvCalls, layers.ResidualBlock):
   """Normalizer-free bottleneck: ``x + alpha * skip_gain * f(act(x) * beta)``.
 
   The residual branch is 1x1 conv -> grouped 3x3 (-> grouped 3x3) -> 1x1 conv -> SE (x2)
@@ -107,14 +121,6 @@ class NFBlock(layers.ResidualBlock):
     out = (self.se(out) * 2) * out  # x2 keeps the gate's expected scale near 1.
     return self.merge(out, shortcut, is_training)
 
-  @hk.transparent
-  def run_conv(
-    self, conv: hk.Module, x: jax.Array, is_training: bool
-  ) -> jax.Array:
-    """Applies one of the block's convolutions (NFNetBN's need ``is_training``)."""
-    del is_training  # WS convolutions keep no statistics.
-    return conv(x)
-
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds at input size ``h x w`` (official counting rules)."""
     macs = self.conv0.count_macs(self.in_ch, h, w)
@@ -156,7 +162,7 @@ class NFBlock(layers.ResidualBlock):
     },
   },
 )
-class NFNet(nf_network.NFNetwork):
+class NFNet(WSConvCalls, nf_network.NFNetwork):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 
   block_type = NFBlock
@@ -252,14 +258,6 @@ class NFNet(nf_network.NFNetwork):
       name='nf_block',  # the official name, also for NFNetBN's block type
       **kwargs,
     )
-
-  @hk.transparent
-  def run_conv(
-    self, conv: hk.Module, x: jax.Array, is_training: bool
-  ) -> jax.Array:
-    """Applies one of ``make_conv``'s convolutions (NFNetBN's need ``is_training``)."""
-    del is_training  # WS convolutions keep no statistics.
-    return conv(x)
 
   def __call__(
     self, x: jax.Array, is_training: bool, return_metrics: bool = False

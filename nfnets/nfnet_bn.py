@@ -64,7 +64,16 @@ class BNConv2D(hk.Module):
     )
 
 
-class NFNetBNBlock(nfnet.NFBlock):
+class BNConvCalls:
+  """Applies BatchNorm convolutions, which take ``is_training`` (see nfnet.WSConvCalls)."""
+
+  def run_conv(
+    self, conv: hk.Module, x: jax.Array, is_training: bool
+  ) -> jax.Array:
+    return conv(x, is_training)
+
+
+class NFNetBNBlock(BNConvCalls, nfnet.NFBlock):
   """``nfnet.NFBlock`` with every WS conv replaced by conv + BatchNorm (same shapes)."""
 
   def __init__(
@@ -83,12 +92,6 @@ class NFNetBNBlock(nfnet.NFBlock):
       **kwargs,
     )
 
-  @hk.transparent
-  def run_conv(
-    self, conv: hk.Module, x: jax.Array, is_training: bool
-  ) -> jax.Array:
-    return conv(x, is_training)
-
 
 @registry.register_family(
   'NFNet',
@@ -101,7 +104,7 @@ class NFNetBNBlock(nfnet.NFBlock):
     for v in variants.NFNET
   },
 )
-class NFNetBN(nfnet.NFNet):
+class NFNetBN(BNConvCalls, nfnet.NFNet):
   """NFNet-F* with BatchNorm in place of weight standardization (same widths and depths)."""
 
   # NFNet options that change the WS convolutions or the block, which NFNetBN
@@ -128,9 +131,3 @@ class NFNetBN(nfnet.NFNet):
   @hk.transparent
   def make_conv(self, *args, **kwargs) -> BNConv2D:
     return BNConv2D(*args, grouped_conv_impl=self.grouped_conv_impl, **kwargs)
-
-  @hk.transparent
-  def run_conv(
-    self, conv: hk.Module, x: jax.Array, is_training: bool
-  ) -> jax.Array:
-    return conv(x, is_training)
