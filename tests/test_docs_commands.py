@@ -52,7 +52,7 @@ def doc_commands() -> list[tuple[str, str, list[str]]]:
   for path in DOCS:
     text = path.read_text().replace('\\\n', ' ')
     for line in text.splitlines():
-      for match in re.finditer(r'python -m ([\w.]+)([^`]*)', line):
+      for match in re.finditer(r'python -m ([a-z_][a-z0-9_.]*)([^`]*)', line):
         args = match.group(2).replace('[', ' ').replace(']', ' ').split()
         commands.append((path.name, match.group(1), args))
   return commands
