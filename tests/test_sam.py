@@ -299,10 +299,10 @@ def test_finetune_sam_has_the_papers_finetuning_values():
 
 @pytest.mark.slow
 def test_nfnet_f6_sam_config_trains(tmp_path):
-  """The record run's config builds and takes SAM steps: F6's 72 blocks and the
+  """The record run's config builds and takes SAM steps: F6's 84 blocks and the
   paper's augmentation, at 1/16 width and 32 px on the embedded digits.
 
-  Slow (compiling 72 blocks with SAM); the default run covers SAM through the
+  Slow (compiling 84 blocks with SAM); the default run covers SAM through the
   trainer (test_sam_run_resumes_bit_exactly) and the F5/F6 SAM configs by name
   (test_sam_configs_by_name).
   """
@@ -334,4 +334,4 @@ def test_nfnet_f6_sam_config_trains(tmp_path):
     for k in result['state'].params
     if k.split('/~/')[1].startswith('nf_block')
   }
-  assert len(blocks) == 72  # F6: depths [6, 12, 36, 18]
+  assert len(blocks) == 84  # F6: depths (7, 14, 42, 21) in the NFNet paper
