@@ -11,68 +11,35 @@ from typing import Any
 
 Variant = dict[str, Any]
 
+
+def _table(columns: str, *rows: tuple[Any, ...]) -> dict[str, Variant]:
+  """``{name: {column: value}}`` from rows ``(name, *values)``, one per variant.
+
+  ``columns`` names the values in order; a ``None`` value is left out of the variant (the
+  official recipe does not set it).
+  """
+  names = columns.split()
+  return {
+    name: {k: v for k, v in zip(names, values, strict=True) if v is not None}
+    for name, *values in rows
+  }
+
+
 # NFNet F0-F7 (NFNet paper, Table 3, and the official release): the same depths, resolutions
 # and recipe for the base widths (F*) and the wider F*+ models.
 NFNET_WIDTH = (256, 512, 1536, 1536)
 NFNET_PLUS_WIDTH = (384, 768, 2048, 2048)
-_NFNET_RECIPES: dict[str, Variant] = {
-  'F0': dict(
-    depth=(1, 2, 6, 3),
-    train_imsize=192,
-    test_imsize=256,
-    RA_level='405',
-    drop_rate=0.2,
-  ),
-  'F1': dict(
-    depth=(2, 4, 12, 6),
-    train_imsize=224,
-    test_imsize=320,
-    RA_level='410',
-    drop_rate=0.3,
-  ),
-  'F2': dict(
-    depth=(3, 6, 18, 9),
-    train_imsize=256,
-    test_imsize=352,
-    RA_level='410',
-    drop_rate=0.4,
-  ),
-  'F3': dict(
-    depth=(4, 8, 24, 12),
-    train_imsize=320,
-    test_imsize=416,
-    RA_level='415',
-    drop_rate=0.4,
-  ),
-  'F4': dict(
-    depth=(5, 10, 30, 15),
-    train_imsize=384,
-    test_imsize=512,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-  'F5': dict(
-    depth=(6, 12, 36, 18),
-    train_imsize=416,
-    test_imsize=544,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-  'F6': dict(
-    depth=(7, 14, 42, 21),
-    train_imsize=448,
-    test_imsize=576,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-  'F7': dict(
-    depth=(8, 16, 48, 24),
-    train_imsize=480,
-    test_imsize=608,
-    RA_level='415',
-    drop_rate=0.5,
-  ),
-}
+_NFNET_RECIPES = _table(
+  'depth train_imsize test_imsize RA_level drop_rate',
+  ('F0', (1, 2, 6, 3), 192, 256, '405', 0.2),
+  ('F1', (2, 4, 12, 6), 224, 320, '410', 0.3),
+  ('F2', (3, 6, 18, 9), 256, 352, '410', 0.4),
+  ('F3', (4, 8, 24, 12), 320, 416, '415', 0.4),
+  ('F4', (5, 10, 30, 15), 384, 512, '415', 0.5),
+  ('F5', (6, 12, 36, 18), 416, 544, '415', 0.5),
+  ('F6', (7, 14, 42, 21), 448, 576, '415', 0.5),
+  ('F7', (8, 16, 48, 24), 480, 608, '415', 0.5),
+)
 # 'F0', ..., 'F7' in order: the base variants, each also available as '+'.
 NFNET_BASE_VARIANTS = tuple(_NFNET_RECIPES)
 NFNET: dict[str, Variant] = {}
@@ -99,99 +66,34 @@ RESNET_IMSIZE = 224
 
 # NF-RegNet B0-B8 (official release, base.py: nf_regnet_params): stage widths before the 0.75
 # width multiplier; weight decay as the official experiment_nf_regnets.py sets it
-# (5e-5 + 1e-5 * level, B0-B5 only).
-NF_REGNET: dict[str, Variant] = {
-  'B0': dict(
-    width=(48, 104, 208, 440),
-    depth=(1, 3, 6, 6),
-    train_imsize=192,
-    test_imsize=224,
-    drop_rate=0.2,
-    weight_decay=5e-5,
-  ),
-  'B1': dict(
-    width=(48, 104, 208, 440),
-    depth=(2, 4, 7, 7),
-    train_imsize=224,
-    test_imsize=256,
-    drop_rate=0.2,
-    weight_decay=6e-5,
-  ),
-  'B2': dict(
-    width=(56, 112, 232, 488),
-    depth=(2, 4, 8, 8),
-    train_imsize=240,
-    test_imsize=272,
-    drop_rate=0.3,
-    weight_decay=7e-5,
-  ),
-  'B3': dict(
-    width=(56, 128, 248, 528),
-    depth=(2, 5, 9, 9),
-    train_imsize=288,
-    test_imsize=320,
-    drop_rate=0.3,
-    weight_decay=8e-5,
-  ),
-  'B4': dict(
-    width=(64, 144, 288, 616),
-    depth=(2, 6, 11, 11),
-    train_imsize=320,
-    test_imsize=384,
-    drop_rate=0.4,
-    weight_decay=9e-5,
-  ),
-  'B5': dict(
-    width=(80, 168, 336, 704),
-    depth=(3, 7, 14, 14),
-    train_imsize=384,
-    test_imsize=456,
-    drop_rate=0.4,
-    weight_decay=1e-4,
-  ),
-  'B6': dict(
-    width=(88, 184, 376, 792),
-    depth=(3, 8, 16, 16),
-    train_imsize=448,
-    test_imsize=528,
-    drop_rate=0.5,
-  ),
-  'B7': dict(
-    width=(96, 208, 416, 880),
-    depth=(4, 10, 19, 19),
-    train_imsize=512,
-    test_imsize=600,
-    drop_rate=0.5,
-  ),
-  'B8': dict(
-    width=(104, 232, 456, 968),
-    depth=(4, 11, 22, 22),
-    train_imsize=600,
-    test_imsize=672,
-    drop_rate=0.5,
-  ),
-}
+# (5e-5 + 1e-5 * level, B0-B5 only; none for B6-B8).
+NF_REGNET = _table(
+  'width depth train_imsize test_imsize drop_rate weight_decay',
+  ('B0', (48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2, 5e-5),
+  ('B1', (48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2, 6e-5),
+  ('B2', (56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3, 7e-5),
+  ('B3', (56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3, 8e-5),
+  ('B4', (64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4, 9e-5),
+  ('B5', (80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4, 1e-4),
+  ('B6', (88, 184, 376, 792), (3, 8, 16, 16), 448, 528, 0.5, None),
+  ('B7', (96, 208, 416, 880), (4, 10, 19, 19), 512, 600, 0.5, None),
+  ('B8', (104, 232, 456, 968), (4, 11, 22, 22), 600, 672, 0.5, None),
+)
 
 # EfficientNet B0-B7 (Tan & Le 2019; the TF reference's efficientnet_params): width and depth
 # multipliers of B0's layout, one resolution for training and testing, dropout before the
 # classifier. The NFNet paper compares against these in Table 3.
-EFFICIENTNET: dict[str, Variant] = {
-  f'B{i}': dict(
-    width_mult=w, depth_mult=d, train_imsize=r, test_imsize=r, drop_rate=p
-  )
-  for i, (w, d, r, p) in enumerate(
-    (
-      (1.0, 1.0, 224, 0.2),
-      (1.0, 1.1, 240, 0.2),
-      (1.1, 1.2, 260, 0.3),
-      (1.2, 1.4, 300, 0.3),
-      (1.4, 1.8, 380, 0.4),
-      (1.6, 2.2, 456, 0.4),
-      (1.8, 2.6, 528, 0.5),
-      (2.0, 3.1, 600, 0.5),
-    )
-  )
-}
+EFFICIENTNET = _table(
+  'width_mult depth_mult train_imsize test_imsize drop_rate',
+  ('B0', 1.0, 1.0, 224, 224, 0.2),
+  ('B1', 1.0, 1.1, 240, 240, 0.2),
+  ('B2', 1.1, 1.2, 260, 260, 0.3),
+  ('B3', 1.2, 1.4, 300, 300, 0.3),
+  ('B4', 1.4, 1.8, 380, 380, 0.4),
+  ('B5', 1.6, 2.2, 456, 456, 0.4),
+  ('B6', 1.8, 2.6, 528, 528, 0.5),
+  ('B7', 2.0, 3.1, 600, 600, 0.5),
+)
 
 
 def lookup(table: Mapping[str, Variant], variant: str, family: str) -> Variant:
