@@ -22,14 +22,11 @@ class FixupBlock(layers.ResidualBlock):
     in_ch: int,
     out_ch: int,
     num_blocks: int,
-    stride: int,
-    activation,
-    stochdepth_rate: float | None = None,
-    name: str | None = None,
+    **kwargs,
   ):
-    super().__init__(
-      in_ch, out_ch, stride, activation, stochdepth_rate, name=name
-    )
+    """``num_blocks`` sets the depth-scaled init; ``kwargs`` are
+    :class:`layers.ResidualBlock`'s (stride, activation, stochdepth_rate, name)."""
+    super().__init__(in_ch, out_ch, **kwargs)
     self.width = out_ch // 4
     depth_scale = (
       num_blocks**-0.25
@@ -44,7 +41,7 @@ class FixupBlock(layers.ResidualBlock):
     self.conv1 = he_conv(
       self.width,
       3,
-      stride,
+      self.stride,
       name='conv1',
       w_init=normal(math.sqrt(2 / (self.width * 9)) * depth_scale),
     )
@@ -53,7 +50,7 @@ class FixupBlock(layers.ResidualBlock):
       self.conv_shortcut = he_conv(
         out_ch,
         1,
-        stride,
+        self.stride,
         name='conv_shortcut',
         w_init=normal(math.sqrt(2 / out_ch)),
       )

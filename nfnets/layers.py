@@ -426,19 +426,21 @@ def residual_merge(
 class ResidualBlock(hk.Module):
   """What every residual block here shares: widths, stride, projection, stochastic depth.
 
-  Subclasses build their convolutions after calling this constructor; NF blocks end their
-  ``__call__`` with :meth:`merge`.
+  Subclasses take their own options and pass these shared ones on as ``**kwargs``; they
+  build their convolutions after calling this constructor, and NF blocks end their
+  ``__call__`` with :meth:`merge`. ``beta`` scales the branch input (``1 / expected_std``)
+  and ``alpha`` the branch output; 0.2 is the NF papers' and the official code's alpha.
   """
 
   def __init__(
     self,
     in_ch: int,
     out_ch: int,
-    stride: int,
-    activation: Callable[[jax.Array], jax.Array],
+    stride: int = 1,
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
     stochdepth_rate: float | None = None,
     beta: float = 1.0,
-    alpha: float = 1.0,
+    alpha: float = 0.2,
     name: str | None = None,
   ):
     super().__init__(name=name)

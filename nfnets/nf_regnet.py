@@ -9,7 +9,6 @@ release's ``nf_regnet_params``; module names follow its ``nf_regnet.py`` (``NF_R
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 
 from nfnets import layers, nf_network, registry, variants
 
@@ -29,16 +28,12 @@ class NFBlock(layers.ResidualBlock):
     se_ratio: float = 0.5,
     kernel_size: int = 3,
     group_size: int = 8,
-    stride: int = 1,
-    beta: float = 1.0,
-    alpha: float = 0.2,
-    activation=jax.nn.silu,
-    stochdepth_rate: float | None = None,
-    name: str | None = None,
+    **kwargs,
   ):
-    super().__init__(
-      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
-    )
+    """``kwargs`` are :class:`layers.ResidualBlock`'s (stride, activation: SiLU by
+    default, stochdepth_rate, beta, alpha, name)."""
+    kwargs.setdefault('activation', jax.nn.silu)
+    super().__init__(in_ch, out_ch, **kwargs)
     # Round the expanded width down to whole groups of ``group_size`` channels.
     self.groups = int(in_ch * expansion) // group_size
     if self.groups < 1:
@@ -51,7 +46,7 @@ class NFBlock(layers.ResidualBlock):
     self.conv1 = layers.WSConv2D(
       self.width,
       kernel_shape=kernel_size,
-      stride=stride,
+      stride=self.stride,
       feature_group_count=self.groups,
       name='conv1',
     )
@@ -99,6 +94,12 @@ class NFBlock(layers.ResidualBlock):
 class NFRegNet(nf_network.NFNetwork):
   """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
+  total_stride = TOTAL_STRIDE
+  variant_table = VARIANTS
+  family = 'NF-RegNet'
+  default_activation = 'silu'
+  default_fc_init = hk.initializers.Constant(0.0)  # official: zero classifier
+
   def __init__(
     self,
     num_classes: int,
@@ -107,38 +108,28 @@ class NFRegNet(nf_network.NFNetwork):
     expansion: float = 2.25,
     group_size: int = 8,
     se_ratio: float = 0.5,
-    alpha: float = 0.2,
-    stochdepth_rate: float = 0.1,
-    drop_rate: float | None = None,
-    activation: str = 'silu',
-    fc_init: hk.initializers.Initializer | None = None,
     name: str = 'NF_RegNet',
+    **kwargs,
   ):
-    super().__init__(name=name)
-    params = self.init_common(
-      VARIANTS, 'NF-RegNet', variant, num_classes, drop_rate, activation
-    )
-    self.train_imsize = params['train_imsize']
-    self.test_imsize = params['test_imsize']
+    """``kwargs`` are :class:`nf_network.NFNetwork`'s (alpha, stochdepth_rate,
+    drop_rate, activation: 'silu', fc_init: zeros)."""
+    super().__init__(num_classes, variant, name=name, **kwargs)
+    params = self.params
     ch = int(params['width'][0] * width)
     self.initial_conv = layers.WSConv2D(
       ch, kernel_shape=3, stride=2, name='initial_conv'
     )
-    self.blocks = layers.build_nf_stages(
+    self.blocks = self.build_stages(
       ch,
       [int(w * width) for w in params['width']],
       params['depth'],
       (2,) * len(params['depth']),  # every stage halves the resolution
-      alpha,
-      stochdepth_rate,
       lambda in_ch, out_ch, index, **kw: NFBlock(
         in_ch,
         out_ch,
         expansion=1 if index == 0 else expansion,  # EffNet's first block
         se_ratio=se_ratio,
         group_size=group_size,
-        alpha=alpha,
-        activation=self.activation,
         **kw,
       ),
     )
@@ -147,30 +138,17 @@ class NFRegNet(nf_network.NFNetwork):
     self.final_conv = layers.WSConv2D(
       int(1280 * ch // 440), kernel_shape=1, name='final_conv'
     )
-    # Official default: zero-initialized classifier.
-    self.init_fc(fc_init, jnp.zeros)
+    self.init_fc()
 
-  def __call__(
-    self, x: jax.Array, is_training: bool, return_metrics: bool = False
-  ) -> dict[str, jax.Array]:
-    """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
-    layers.check_images(x, TOTAL_STRIDE)
-    outputs = {}
-    out = self.initial_conv(x)
-    out = layers.run_blocks(
-      self.blocks, out, is_training, return_metrics, outputs
-    )
-    out = self.activation(self.final_conv(out))
-    return layers.classifier_head(
-      out, self.fc, self.drop_rate, is_training, outputs
-    )
+  def stem_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    return self.initial_conv(x)
 
-  def count_macs(self, h: float, w: float) -> float:
-    """Multiply-adds of one image at ``h x w``, as the official ``count_flops``."""
-    macs = self.initial_conv.count_macs(3, h, w)
-    h, w = h / 2, w / 2
-    for block in self.blocks:
-      macs += block.count_macs(h, w)
-      h, w = h / block.stride, w / block.stride
-    macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
+  def final_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    return self.activation(self.final_conv(x))
+
+  def stem_macs(self, h: float, w: float) -> tuple[float, float, float]:
+    return self.initial_conv.count_macs(3, h, w), h / 2, w / 2
+
+  def final_macs(self, h: float, w: float) -> float:
+    macs = self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
     return macs + self.final_conv.output_channels * self.num_classes

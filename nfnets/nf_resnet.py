@@ -33,29 +33,24 @@ class NFResBlock(layers.ResidualBlock):
     out_ch: int,
     bottleneck_ratio: float = 0.25,
     kernel_size: int = 3,
-    stride: int = 1,
-    beta: float = 1.0,
-    alpha: float = 0.2,
-    activation=jax.nn.relu,
     skip_init: float = 0.0,
-    stochdepth_rate: float | None = None,
     use_se: bool = False,
     se_ratio: float = 0.25,
-    name: str | None = None,
+    **kwargs,
   ):
-    super().__init__(
-      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
-    )
+    """``kwargs`` are :class:`layers.ResidualBlock`'s (stride, activation: ReLU by
+    default, stochdepth_rate, beta, alpha, name)."""
+    super().__init__(in_ch, out_ch, **kwargs)
     self.skip_init = skip_init
     self.width = int(out_ch * bottleneck_ratio)
     self.conv0 = layers.WSConv2D(self.width, kernel_shape=1, name='conv0')
     self.conv1 = layers.WSConv2D(
-      self.width, kernel_shape=kernel_size, stride=stride, name='conv1'
+      self.width, kernel_shape=kernel_size, stride=self.stride, name='conv1'
     )
     self.conv2 = layers.WSConv2D(out_ch, kernel_shape=1, name='conv2')
     if self.use_projection:
       self.conv_shortcut = layers.WSConv2D(
-        out_ch, kernel_shape=1, stride=stride, name='conv_shortcut'
+        out_ch, kernel_shape=1, stride=self.stride, name='conv_shortcut'
       )
     self.use_se = use_se
     if use_se:
@@ -110,26 +105,27 @@ class NFResBlock(layers.ResidualBlock):
 class NFResNet(nf_network.NFNetwork):
   """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
+  total_stride = TOTAL_STRIDE
+  variant_table = VARIANTS
+  family = 'NF-ResNet'
+  default_activation = 'relu'
+  default_fc_init = hk.initializers.RandomNormal(stddev=0.01)
+
   def __init__(
     self,
     num_classes: int,
     variant: str = 'ResNet50',
     width: float = 4,
-    alpha: float = 0.2,
-    stochdepth_rate: float = 0.1,
-    drop_rate: float = 0.0,
-    activation: str = 'relu',
-    fc_init: hk.initializers.Initializer | None = None,
     skip_init: float = 0.0,
     use_se: bool = False,
     se_ratio: float = 0.25,
     name: str = 'NF_ResNet',
+    **kwargs,
   ):
-    super().__init__(name=name)
-    depths = self.init_common(
-      VARIANTS, 'NF-ResNet', variant, num_classes, drop_rate, activation
-    )['depth']
-    self.depth_pattern = depths
+    """``kwargs`` are :class:`nf_network.NFNetwork`'s (alpha, stochdepth_rate,
+    drop_rate: 0, activation: 'relu', fc_init: normal with std 0.01)."""
+    super().__init__(num_classes, variant, name=name, **kwargs)
+    self.depth_pattern = self.params['depth']
     self.width_pattern = [
       int(base * width) for base in variants.RESNET_BASE_WIDTHS
     ]
@@ -137,48 +133,37 @@ class NFResNet(nf_network.NFNetwork):
     self.initial_conv = layers.WSConv2D(
       ch, kernel_shape=7, stride=2, name='initial_conv'
     )
-    self.blocks = layers.build_nf_stages(
+    self.blocks = self.build_stages(
       ch,
       self.width_pattern,
       self.depth_pattern,
       _STRIDES,
-      alpha,
-      stochdepth_rate,
       lambda in_ch, out_ch, index, **kw: NFResBlock(
         in_ch,
         out_ch,
-        alpha=alpha,
-        activation=self.activation,
         skip_init=skip_init,
         use_se=use_se,
         se_ratio=se_ratio,
         **kw,
       ),
     )
-    self.init_fc(fc_init, hk.initializers.RandomNormal(stddev=0.01))
+    self.init_fc()
 
-  def __call__(
-    self, x: jax.Array, is_training: bool, return_metrics: bool = False
-  ) -> dict[str, jax.Array]:
-    """Runs the network on NHWC images; see ``NFNet.__call__`` for the metrics' names."""
-    layers.check_images(x, TOTAL_STRIDE)
-    outputs = {}
-    out = self.initial_conv(x)
-    out = hk.max_pool(
-      out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
-    )
-    out = layers.run_blocks(
-      self.blocks, out, is_training, return_metrics, outputs
-    )
-    return layers.classifier_head(
-      self.activation(out), self.fc, self.drop_rate, is_training, outputs
+  def stem_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """The 7x7 convolution, then a stride-2 3x3 max pool."""
+    return hk.max_pool(
+      self.initial_conv(x),
+      window_shape=(1, 3, 3, 1),
+      strides=(1, 2, 2, 1),
+      padding='SAME',
     )
 
-  def count_macs(self, h: float, w: float) -> float:
-    """Multiply-adds of one image at ``h x w`` (official per-conv rule, stem max pool kept)."""
-    macs = self.initial_conv.count_macs(3, h, w)
-    h, w = h / 4, w / 4  # stride-2 conv, then the stride-2 max pool
-    for block in self.blocks:
-      macs += block.count_macs(h, w)
-      h, w = h / block.stride, w / block.stride
-    return macs + self.blocks[-1].out_ch * self.num_classes
+  def final_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    return self.activation(x)  # pre-activation blocks leave it unactivated
+
+  def stem_macs(self, h: float, w: float) -> tuple[float, float, float]:
+    # The stride-2 convolution, then the stride-2 max pool (counted as free).
+    return self.initial_conv.count_macs(3, h, w), h / 4, w / 4
+
+  def final_macs(self, h: float, w: float) -> float:
+    return self.blocks[-1].out_ch * self.num_classes

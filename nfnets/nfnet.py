@@ -49,24 +49,22 @@ class NFBlock(WSConvCalls, layers.ResidualBlock):
     se_ratio: float = 0.5,
     kernel_shape: int = 3,
     group_size: int = 128,
-    stride: int = 1,
-    beta: float = 1.0,
-    alpha: float = 0.2,
-    activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
     big_width: bool = True,
     use_two_convs: bool = True,
-    stochdepth_rate: float | None = None,
     grouped_conv_impl: str | None = None,
     ws_eps: float = layers.WS_EPS,
     ws_eps_inside: bool = False,
     conv: Callable[..., hk.Module] | None = None,
-    name: str | None = None,
+    **kwargs,
   ):
-    """``conv`` makes the block's convolutions (``WSConv2D``'s arguments); the
-    default is a WS convolution with ``grouped_conv_impl`` and the WS eps."""
-    super().__init__(
-      in_ch, out_ch, stride, activation, stochdepth_rate, beta, alpha, name
-    )
+    """``kwargs`` are :class:`layers.ResidualBlock`'s (stride, activation: GELU by
+    default, stochdepth_rate, beta, alpha, name).
+
+    ``conv`` makes the block's convolutions (``WSConv2D``'s arguments); the default is a
+    WS convolution with ``grouped_conv_impl`` and the WS eps.
+    """
+    kwargs.setdefault('activation', jax.nn.gelu)
+    super().__init__(in_ch, out_ch, **kwargs)
     width = int((out_ch if big_width else in_ch) * expansion)
     # Round the bottleneck width down to whole groups.
     self.groups = max(1, width // group_size)
@@ -82,7 +80,7 @@ class NFBlock(WSConvCalls, layers.ResidualBlock):
     self.conv1 = conv(
       self.width,
       kernel_shape=kernel_shape,
-      stride=stride,
+      stride=self.stride,
       feature_group_count=self.groups,
       name='conv1',
     )
@@ -166,6 +164,11 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 
   block_type = NFBlock
+  total_stride = TOTAL_STRIDE
+  variant_table = VARIANTS
+  family = 'NFNet'
+  default_activation = 'gelu'
+  default_fc_init = hk.initializers.RandomNormal(stddev=0.01)
 
   def __init__(
     self,
@@ -173,11 +176,6 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
     variant: str = 'F0',
     width: float = 1.0,
     se_ratio: float = 0.5,
-    alpha: float = 0.2,
-    stochdepth_rate: float = 0.1,
-    drop_rate: float | None = None,
-    activation: str = 'gelu',
-    fc_init: hk.initializers.Initializer | None = None,
     final_conv_mult: float | None = 2,
     final_conv_ch: int | None = None,
     use_two_convs: bool = True,
@@ -186,19 +184,18 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
     ws_eps: float = layers.WS_EPS,
     ws_eps_inside: bool = False,
     name: str = 'NFNet',
+    **kwargs,
   ):
-    """``ws_eps``/``ws_eps_inside`` set the weight standardization's eps and its form.
+    """``kwargs`` are :class:`nf_network.NFNetwork`'s (alpha, stochdepth_rate,
+    drop_rate, activation: 'gelu', fc_init: normal with std 0.01).
 
-    The defaults are the official code's; timm's ``dm_nfnet_f*`` use ``1e-5`` inside the
+    ``ws_eps``/``ws_eps_inside`` set the weight standardization's eps and its form. The
+    defaults are the official code's; timm's ``dm_nfnet_f*`` use ``1e-5`` inside the
     variance (``layers.TIMM_WS``) and the exact GELU.
     """
-    super().__init__(name=name)
-    params = self.init_common(
-      VARIANTS, 'NFNet', variant, num_classes, drop_rate, activation
-    )
-    self.train_imsize = params['train_imsize']
-    self.test_imsize = params['test_imsize']
-    self.se_ratio, self.alpha, self.group_size = se_ratio, alpha, group_size
+    super().__init__(num_classes, variant, name=name, **kwargs)
+    params = self.params
+    self.se_ratio, self.group_size = se_ratio, group_size
     self.use_two_convs = use_two_convs
     self.grouped_conv_impl = grouped_conv_impl
     self.ws_eps, self.ws_eps_inside = ws_eps, ws_eps_inside
@@ -210,13 +207,11 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
       conv(64, kernel_shape=3, stride=1, name='stem_conv2'),
       conv(ch, kernel_shape=3, stride=2, name='stem_conv3'),
     ]
-    self.blocks = layers.build_nf_stages(
+    self.blocks = self.build_stages(
       ch,
       [int(w * width) for w in params['width']],
       params['depth'],
       _STRIDES,
-      alpha,
-      stochdepth_rate,
       lambda in_ch, out_ch, index, **kw: self.make_block(in_ch, out_ch, **kw),
     )
     ch = self.blocks[-1].out_ch
@@ -227,7 +222,7 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
     else:
       final_ch = int(final_conv_mult * ch)
     self.final_conv = conv(final_ch, kernel_shape=1, name='final_conv')
-    self.init_fc(fc_init, hk.initializers.RandomNormal(stddev=0.01))
+    self.init_fc()
 
   @hk.transparent  # keeps the modules it makes out of a ~make_conv scope
   def make_conv(self, *args, **kwargs) -> hk.Module:
@@ -242,15 +237,13 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
 
   @hk.transparent  # keeps the modules it makes out of a ~make_block scope
   def make_block(self, in_ch: int, out_ch: int, **kwargs) -> hk.Module:
-    """One residual block; ``kwargs`` are ``build_nf_stages``'s per-block ones."""
+    """One residual block; ``kwargs`` are :meth:`build_stages`'s per-block ones."""
     return self.block_type(
       in_ch,
       out_ch,
       expansion=0.5,
       se_ratio=self.se_ratio,
       group_size=self.group_size,
-      alpha=self.alpha,
-      activation=self.activation,
       use_two_convs=self.use_two_convs,
       grouped_conv_impl=self.grouped_conv_impl,
       ws_eps=self.ws_eps,
@@ -259,40 +252,25 @@ class NFNet(WSConvCalls, nf_network.NFNetwork):
       **kwargs,
     )
 
-  def __call__(
-    self, x: jax.Array, is_training: bool, return_metrics: bool = False
-  ) -> dict[str, jax.Array]:
-    """Runs the network on NHWC images ``x`` of shape ``[N, H, W, 3]``.
-
-    Returns 'logits' (float32), 'pool' (pre-classifier features) and, with
-    ``return_metrics``, per-block signal statistics ``avg_sq_mean_i``, ``avg_var_i``
-    (i = 0 for the stem output) and ``res_avg_var_i``.
-    """
-    layers.check_images(x, TOTAL_STRIDE)
-    outputs = {}
-    out = x
+  def stem_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Four 3x3 convolutions, activated between them (not after the last)."""
     for i, conv in enumerate(self.stem):
-      out = self.run_conv(conv, out, is_training)
-      if i < len(self.stem) - 1:
-        out = self.activation(out)
-    out = layers.run_blocks(
-      self.blocks, out, is_training, return_metrics, outputs
-    )
-    out = self.activation(self.run_conv(self.final_conv, out, is_training))
-    return layers.classifier_head(
-      out, self.fc, self.drop_rate, is_training, outputs
-    )
+      if i:
+        x = self.activation(x)
+      x = self.run_conv(conv, x, is_training)
+    return x
 
-  def count_macs(self, h: float, w: float) -> float:
-    """Multiply-adds of one image at ``h x w``, counted as the official ``count_flops``."""
+  def final_features(self, x: jax.Array, is_training: bool) -> jax.Array:
+    return self.activation(self.run_conv(self.final_conv, x, is_training))
+
+  def stem_macs(self, h: float, w: float) -> tuple[float, float, float]:
     macs, ch = 0.0, 3
     for conv in self.stem:
       macs += conv.count_macs(ch, h, w)
       h, w = h / conv.stride[0], w / conv.stride[1]
       ch = conv.output_channels
-    for block in self.blocks:
-      macs += block.count_macs(h, w)
-      h, w = h / block.stride, w / block.stride
-    macs += self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
-    macs += self.final_conv.output_channels * self.num_classes
-    return macs
+    return macs, h, w
+
+  def final_macs(self, h: float, w: float) -> float:
+    macs = self.final_conv.count_macs(self.blocks[-1].out_ch, h, w)
+    return macs + self.final_conv.output_channels * self.num_classes

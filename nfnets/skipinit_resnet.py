@@ -19,21 +19,18 @@ class SkipInitBlock(layers.ResidualBlock):
     self,
     in_ch: int,
     out_ch: int,
-    stride: int,
-    activation,
-    stochdepth_rate: float | None = None,
-    name: str | None = None,
+    **kwargs,
   ):
-    super().__init__(
-      in_ch, out_ch, stride, activation, stochdepth_rate, name=name
-    )
+    """``kwargs`` are :class:`layers.ResidualBlock`'s (stride, activation,
+    stochdepth_rate, name)."""
+    super().__init__(in_ch, out_ch, **kwargs)
     self.width = out_ch // 4
     conv = lambda ch, k, s=1, n=None: he_conv(ch, k, s, name=n, with_bias=True)
     self.conv0 = conv(self.width, 1, n='conv0')
-    self.conv1 = conv(self.width, 3, stride, n='conv1')
+    self.conv1 = conv(self.width, 3, self.stride, n='conv1')
     self.conv2 = conv(out_ch, 1, n='conv2')
     if self.use_projection:
-      self.conv_shortcut = conv(out_ch, 1, stride, n='conv_shortcut')
+      self.conv_shortcut = conv(out_ch, 1, self.stride, n='conv_shortcut')
 
   def __call__(
     self, x: jax.Array, is_training: bool
