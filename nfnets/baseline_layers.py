@@ -112,7 +112,6 @@ def register_resnet_family(
   return registry.register_family(
     family,
     variants.RESNET,
-    default_variant='ResNet50',
     imsize=variants.RESNET_IMSIZE,
     models={
       f'{prefix}_{v.removeprefix("ResNet")}': dict(variant=v, **kwargs)

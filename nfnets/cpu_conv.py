@@ -30,6 +30,8 @@ import numpy as np
 
 GROUPED_CONV_IMPLS = ('native', 'split')
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+# (low, high) padding of H and W, as jax.lax.padtype_to_pads gives it.
+Pads = Sequence[tuple[int, int]]
 
 # Per-process override of the grouped-conv strategy (None: choose per backend).
 _grouped_conv_override: str | None = None
@@ -317,12 +319,12 @@ def _dense_conv_bwd(stride, padding, residuals, g):
     _, input_vjp = jax.vjp(lambda x: conv_by_phases(x, w), x)
   else:
     _, input_vjp = jax.vjp(lambda x: xla_conv(x, w, stride, padding), x)
+  pads = jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], stride, padding)
   if chunks_pay_off(x.shape, g.shape, stride):
-    weight_grad = weight_grad_by_chunks(x, g, w.shape, stride, padding).astype(
-      w.dtype
-    )
+    weight_grad = weight_grad_by_chunks(x, g, w.shape, stride, pads)
+    weight_grad = weight_grad.astype(w.dtype)
   elif tuple(stride) != (1, 1) and x.shape[3] >= 16:
-    weight_grad = weight_grad_batch_minor(x, g, w.shape, stride, padding)
+    weight_grad = weight_grad_batch_minor(x, g, stride, pads)
   else:
     weight_grad = jax.vjp(lambda w: xla_conv(x, w, stride, padding), w)[1](g)[0]
   return input_vjp(g)[0], weight_grad
@@ -379,7 +381,7 @@ def weight_grad_by_chunks(
   g: jax.Array,
   w_shape: Sequence[int],
   stride: tuple[int, int],
-  padding: str,
+  pads: Pads,
 ) -> jax.Array:
   """``dL/dw`` of an NHWC x HWIO convolution, summed over chunks of output positions.
 
@@ -390,9 +392,8 @@ def weight_grad_by_chunks(
   ``(r - 1) * stride + kh`` padded input rows, its receptive field, so each chunk is a VALID
   convolution and the chunks' sums add up exactly to the whole.
   """
-  kh, kw = w_shape[:2]
+  kh = w_shape[0]
   n, ho, wo, _ = g.shape
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
   x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   images, rows = chunk_shape(n, ho, wo, WEIGHT_GRAD_CHUNK[tuple(stride)])
   w_type = jax.ShapeDtypeStruct(tuple(w_shape), x.dtype)
@@ -412,11 +413,7 @@ def weight_grad_by_chunks(
 
 
 def weight_grad_batch_minor(
-  x: jax.Array,
-  g: jax.Array,
-  w_shape: Sequence[int],
-  stride: tuple[int, int],
-  padding: str,
+  x: jax.Array, g: jax.Array, stride: tuple[int, int], pads: Pads
 ) -> jax.Array:
   """``dL/dw`` as XLA's weight-gradient convolution, with the input moved batch-minor first.
 
@@ -428,8 +425,6 @@ def weight_grad_batch_minor(
   output is ``x * 1`` plus zeros); an infinite input turns its position NaN for the whole
   batch.
   """
-  kh, kw = w_shape[:2]
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), stride, padding)
   identity = jnp.eye(x.shape[0], dtype=x.dtype)
   x_batch_minor = jax.lax.dot_general(x, identity, (((0,), (0,)), ((), ())))
   # Input: batch = C (axis 2), feature = N (axis 3); the output gradient is the kernel

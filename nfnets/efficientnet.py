@@ -121,12 +121,7 @@ class Conv(hk.Module):
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    in_ch = x.shape[-1]
-    if in_ch % self.groups:
-      raise ValueError(
-        f'{self.module_name}: {in_ch} input channels are not divisible by '
-        f'{self.groups} groups.'
-      )
+    in_ch = layers.check_groups(x, self.groups, self.module_name)
     shape = (self.kernel, self.kernel, in_ch // self.groups, self.out_ch)
     w = hk.get_parameter('w', shape, jnp.float32, init=_CONV_INIT)
     # The per-backend strategy of the NF convolutions (nfnets/cpu_conv.py): on
@@ -230,12 +225,10 @@ class MBConv(hk.Module):
     return macs + self.conv_pwl.count_macs(self.mid_ch, h, w)
 
 
-@registry.register_family(
-  'EfficientNet',
-  VARIANTS,
-  default_variant='B0',
-  models={f'efficientnet_{v.lower()}': dict(variant=v) for v in VARIANTS},
-)
+MODELS = {f'efficientnet_{v.lower()}': dict(variant=v) for v in VARIANTS}
+
+
+@registry.register_family('EfficientNet', VARIANTS, MODELS)
 class EfficientNet(hk.Module):
   """EfficientNet-B0..B7. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 

@@ -143,6 +143,16 @@ def standardize_params(
   return out
 
 
+def check_groups(x: jax.Array, groups: int, module_name: str) -> int:
+  """The input channels of ``x``, checked to split into ``groups`` groups."""
+  in_ch = x.shape[-1]
+  if in_ch % groups:
+    raise ValueError(
+      f'{module_name}: input channels {in_ch} not divisible by {groups} groups.'
+    )
+  return in_ch
+
+
 class WSConv2D(hk.Module):
   """2D convolution with scaled weight standardization, a learnable gain and a bias.
 
@@ -186,12 +196,7 @@ class WSConv2D(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the convolution to ``x`` of shape ``[N, H, W, C]``."""
-    in_ch = x.shape[-1]
-    if in_ch % self.feature_group_count:
-      raise ValueError(
-        f'{self.module_name}: input channels {in_ch} not divisible by '
-        f'feature_group_count={self.feature_group_count}.'
-      )
+    in_ch = check_groups(x, self.feature_group_count, self.module_name)
     w_shape = self.kernel_shape + (
       in_ch // self.feature_group_count,
       self.output_channels,
@@ -456,6 +461,12 @@ class ResidualBlock(hk.Module):
   @property
   def has_stochdepth(self) -> bool:
     return self.stoch_depth is not None
+
+  def shortcut_macs(self, h: float, w: float) -> float:
+    """Multiply-adds of the projection ``conv_shortcut`` at ``h x w`` (0 without one)."""
+    if not self.use_projection:
+      return 0.0
+    return self.conv_shortcut.count_macs(self.in_ch, h, w)
 
   def pre_activate(self, x: jax.Array) -> jax.Array:
     """``act(x) * beta``: the NF branch input, scaled back to unit variance."""

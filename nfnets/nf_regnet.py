@@ -78,19 +78,14 @@ class NFBlock(layers.ResidualBlock):
     macs = self.conv0.count_macs(self.in_ch, h, w)
     macs += self.conv1.count_macs(self.width, h, w)
     h, w = h / self.stride, w / self.stride
-    if self.use_projection:
-      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
-    macs += self.se.count_macs()
-    macs += self.conv2.count_macs(self.width, h, w)
-    return macs
+    macs += self.shortcut_macs(h, w) + self.se.count_macs()
+    return macs + self.conv2.count_macs(self.width, h, w)
 
 
-@registry.register_family(
-  'NF-RegNet',
-  VARIANTS,
-  default_variant='B0',
-  models={f'nf_regnet_{v.lower()}': dict(variant=v) for v in VARIANTS},
-)
+MODELS = {f'nf_regnet_{v.lower()}': dict(variant=v) for v in VARIANTS}
+
+
+@registry.register_family('NF-RegNet', VARIANTS, MODELS)
 class NFRegNet(nf_network.NFNetwork):
   """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 

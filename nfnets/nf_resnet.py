@@ -78,8 +78,7 @@ class NFResBlock(layers.ResidualBlock):
     """
     macs = self.conv0.count_macs(self.in_ch, h, w)
     macs += self.conv1.count_macs(self.width, h, w)
-    if self.use_projection:
-      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
+    macs += self.shortcut_macs(h, w)  # strided itself: at the input size
     h, w = h / self.stride, w / self.stride
     macs += self.conv2.count_macs(self.width, h, w)
     if self.use_se:
@@ -87,21 +86,19 @@ class NFResBlock(layers.ResidualBlock):
     return macs
 
 
-@registry.register_family(
-  'NF-ResNet',
-  VARIANTS,
-  default_variant='ResNet50',
-  imsize=variants.RESNET_IMSIZE,
-  models={
-    **{
-      f'nf_resnet_{v.removeprefix("ResNet")}': dict(variant=v) for v in VARIANTS
-    },
-    **{
-      f'nf_seresnet_{v.removeprefix("ResNet")}': dict(variant=v, use_se=True)
-      for v in VARIANTS
-    },
+MODELS = {
+  **{
+    f'nf_resnet_{v.removeprefix("ResNet")}': dict(variant=v) for v in VARIANTS
   },
-)
+  **{
+    f'nf_seresnet_{v.removeprefix("ResNet")}': dict(variant=v, use_se=True)
+    for v in VARIANTS
+  },
+}
+IMSIZE = variants.RESNET_IMSIZE  # the paper's train and test resolution
+
+
+@registry.register_family('NF-ResNet', VARIANTS, MODELS, imsize=IMSIZE)
 class NFResNet(nf_network.NFNetwork):
   """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 

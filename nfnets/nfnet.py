@@ -127,39 +127,33 @@ class NFBlock(WSConvCalls, layers.ResidualBlock):
       h, w = h / self.stride, w / self.stride
     if self.use_two_convs:
       macs += self.conv1b.count_macs(self.width, h, w)
-    if self.use_projection:
-      macs += self.conv_shortcut.count_macs(self.in_ch, h, w)
-    macs += self.se.count_macs()
-    macs += self.conv2.count_macs(self.width, h, w)
-    return macs
+    macs += self.shortcut_macs(h, w) + self.se.count_macs()
+    return macs + self.conv2.count_macs(self.width, h, w)
 
 
-@registry.register_family(
-  'NFNet',
-  VARIANTS,
-  default_variant='F0',
-  # stochdepth 0.25 is the paper's training recipe (the class default is the official 0.1).
-  models={
-    **{
-      registry.canonical_name(f'nfnet_{v}'): dict(
-        variant=v, stochdepth_rate=0.25
-      )
-      for v in VARIANTS
-    },
-    # timm's dm_nfnet_f0..f6: same architecture and parameters, timm's numerics (exact
-    # GELU, WS eps 1e-5 inside the variance), so timm's weights give timm's logits.
-    **{
-      f'dm_nfnet_{v.lower()}': dict(
-        variant=v,
-        stochdepth_rate=0.25,
-        activation='gelu_exact',
-        ws_eps=layers.TIMM_WS.eps,
-        ws_eps_inside=layers.TIMM_WS.eps_inside,
-      )
-      for v in ('F0', 'F1', 'F2', 'F3', 'F4', 'F5', 'F6')
-    },
+# The registered names. stochdepth 0.25 is the paper's training recipe (the class
+# default is the official 0.1).
+MODELS = {
+  **{
+    registry.canonical_name(f'nfnet_{v}'): dict(variant=v, stochdepth_rate=0.25)
+    for v in VARIANTS
   },
-)
+  # timm's dm_nfnet_f0..f6: same architecture and parameters, timm's numerics (exact
+  # GELU, WS eps 1e-5 inside the variance), so timm's weights give timm's logits.
+  **{
+    f'dm_nfnet_{v.lower()}': dict(
+      variant=v,
+      stochdepth_rate=0.25,
+      activation='gelu_exact',
+      ws_eps=layers.TIMM_WS.eps,
+      ws_eps_inside=layers.TIMM_WS.eps_inside,
+    )
+    for v in ('F0', 'F1', 'F2', 'F3', 'F4', 'F5', 'F6')
+  },
+}
+
+
+@registry.register_family('NFNet', VARIANTS, MODELS)
 class NFNet(WSConvCalls, nf_network.NFNetwork):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 

@@ -93,17 +93,16 @@ class NFNetBNBlock(BNConvCalls, nfnet.NFBlock):
     )
 
 
-@registry.register_family(
-  'NFNet',
-  variants.NFNET,  # the NFNet's resolutions and recipe
-  default_variant='F0',
-  models={
-    registry.canonical_name(f'nfnet_{v}_bn'): dict(
-      variant=v, stochdepth_rate=0.25
-    )
-    for v in variants.NFNET
-  },
-)
+# The registered names, with the NFNets' resolutions and recipe.
+MODELS = {
+  registry.canonical_name(f'nfnet_{v}_bn'): dict(
+    variant=v, stochdepth_rate=0.25
+  )
+  for v in variants.NFNET
+}
+
+
+@registry.register_family('NFNet', variants.NFNET, MODELS)
 class NFNetBN(BNConvCalls, nfnet.NFNet):
   """NFNet-F* with BatchNorm in place of weight standardization (same widths and depths)."""
 

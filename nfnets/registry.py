@@ -9,19 +9,18 @@ The network's ``__call__(images, is_training, return_metrics=False)`` returns a 
 ``hk.TransformedWithState`` so that models with state (the BatchNorm baselines) and without it
 share one training loop.
 
-A new family registers in a few lines, next to its class::
+A new family registers in a few lines, next to its class; its default variant is the
+constructor's own::
 
-  @registry.register_family(
-    'EfficientNet',
-    variants.EFFICIENTNET,
-    default_variant='B0',
-    models={f'efficientnet_{v.lower()}': dict(variant=v) for v in variants.EFFICIENTNET},
-  )
+  MODELS = {f'efficientnet_{v.lower()}': dict(variant=v) for v in VARIANTS}
+
+  @registry.register_family('EfficientNet', VARIANTS, MODELS)
   class EfficientNet(hk.Module):
-    ...
+    def __init__(self, num_classes: int, variant: str = 'B0', ...): ...
 """
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -108,16 +107,16 @@ def register(name: str, module_fn: ModuleFn | Family, **defaults: Any) -> None:
 def register_family(
   label: str,
   variants: Mapping[str, Mapping[str, Any]],
-  default_variant: str,
   models: Mapping[str, Mapping[str, Any]],
   imsize: int | None = None,
 ) -> Callable[[ModuleFn], ModuleFn]:
   """Class decorator: registers the decorated constructor under every name in ``models``.
 
+  The family's default variant is the constructor's own default ``variant``.
+
   Args:
     label: the family's name in error messages, e.g. 'NFNet'.
     variants: the family's table from nfnets/variants.py.
-    default_variant: the constructor's default ``variant``.
     models: registered name -> constructor defaults (usually ``variant=...``).
     imsize: train and test resolution of variants whose table entry has none.
 
@@ -126,7 +125,12 @@ def register_family(
   """
 
   def decorator(build: ModuleFn) -> ModuleFn:
-    family = Family(label, build, variants, default_variant, imsize)
+    parameter = inspect.signature(build).parameters.get('variant')
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+      raise TypeError(
+        f'{label}: the constructor needs a variant argument with a default.'
+      )
+    family = Family(label, build, variants, parameter.default, imsize)
     for name, defaults in models.items():
       register(name, family, **defaults)
     return build

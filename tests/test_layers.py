@@ -402,7 +402,7 @@ def test_batch_minor_weight_gradient_matches_numpy(
   monkeypatch.setattr(
     cpu_conv,
     'weight_grad_batch_minor',
-    lambda *a: calls.append(a[3]) or original(*a),
+    lambda *a: calls.append(a[2]) or original(*a),
   )
   got = np.asarray(
     jax.vjp(
@@ -435,8 +435,9 @@ def test_weight_grad_chunks_cover_every_output_once():
   n, h, w, stride = 3, 50, 37, 1
   x = jnp.ones((n, h, w, 16))
   g = jnp.ones((n, h, w, 2))
+  pads = jax.lax.padtype_to_pads((h, w), (3, 3), (stride, stride), 'SAME')
   got = cpu_conv.weight_grad_by_chunks(
-    x, g, (3, 3, 16, 2), (stride, stride), 'SAME'
+    x, g, (3, 3, 16, 2), (stride, stride), pads
   )
   rows = np.array([h - 1, h, h - 1])  # tap row 0 and 2 miss one output row each
   cols = np.array([w - 1, w, w - 1])

@@ -240,3 +240,28 @@ def test_registry_names():
     'RA_level': '415',
     'drop_rate': 0.4,
   }
+
+
+def test_family_default_variant_is_the_constructors():
+  # A registered model that names no variant gets the constructor's default
+  # (NFNet's F0, and F0's recipe); a constructor without one cannot register.
+  from nfnets import registry  # noqa: PLC0415
+
+  registry.register_family('NFNet', nfnet.VARIANTS, {'test_nfnet_default': {}})(
+    nfnet.NFNet
+  )
+  model = nfnets.create_model('test_nfnet_default')
+  assert (model.train_imsize, model.test_imsize) == (192, 256)
+  assert model.extras == {'RA_level': '405', 'drop_rate': 0.2}
+
+  class NoDefault:
+    def __init__(self, num_classes: int, variant: str):
+      del num_classes, variant
+
+  with pytest.raises(
+    TypeError, match='needs a variant argument with a default'
+  ):
+    registry.register_family('X', {'A': {}}, {'x_a': dict(variant='A')})(
+      NoDefault
+    )
+  assert 'x_a' not in nfnets.list_models()
