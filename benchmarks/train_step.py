@@ -27,6 +27,7 @@ training step counted as 3 forwards (forward + two backward products), as is cus
 """
 
 import dataclasses
+import functools
 import resource
 import sys
 import time
@@ -240,7 +241,37 @@ def compiled_train_step(
   return compiled, state, (batch,), time.perf_counter() - start
 
 
-def time_train_step(
+def compiled_eval_step(
+  model, batch_size: int, image_size: int, dtype: Any, seed: int
+) -> tuple[Callable, None, tuple, float]:
+  """Compiles the eval forward: ``(step, None, (params, state, images), secs)``.
+
+  ``step(carry, params, state, images)`` threads a trivial carry, as
+  :func:`timed_loop` wants; the weights are standardized once, untimed, as
+  evaluation does.
+  """
+  rng = jax.random.PRNGKey(seed)
+  images = jax.random.normal(
+    rng, (batch_size, image_size, image_size, 3), jnp.float32
+  )
+  # Initialised in training mode so that models with state (BatchNorm averages) have it.
+  params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
+  numerics = train.ws_numerics(model)
+  params = jax.jit(lambda p: layers.standardize_params(p, numerics))(params)
+  forward = build_eval_step(model, dtype, numerics)
+  start = time.perf_counter()
+  compiled = forward.lower(params, state, images).compile()
+  compile_seconds = time.perf_counter() - start
+  return (
+    lambda carry, p, s, x: (carry, compiled(p, s, x)),
+    None,
+    (params, state, images),
+    compile_seconds,
+  )
+
+
+def time_step(
+  kind: str,
   model,
   *,
   batch_size: int,
@@ -252,29 +283,39 @@ def time_train_step(
   seed: int = 0,
   config: ml_collections.ConfigDict | None = None,
 ) -> Timing:
-  """Compiles and times the training step; returns the median seconds per step.
+  """Compiles and times the training step ('train') or the eval forward ('eval').
 
-  ``repeats`` timed loops of ``steps`` steps each; the median over loops of the per-step time.
+  Returns the median seconds per step (per batch for 'eval') over ``repeats`` timed loops
+  of ``steps`` steps each. ``config`` is the trainer's step config ('train' only; see
+  :func:`compiled_train_step`).
   """
-  compiled, train_state, batch, compile_seconds = compiled_train_step(
-    model,
-    batch_size=batch_size,
-    image_size=image_size,
-    dtype=dtype,
-    seed=seed,
-    config=config,
-  )
+  if kind == 'train':
+    compiled, carry, args, compile_seconds = compiled_train_step(
+      model,
+      batch_size=batch_size,
+      image_size=image_size,
+      dtype=dtype,
+      seed=seed,
+      config=config,
+    )
+  elif kind == 'eval' and config is None:
+    compiled, carry, args, compile_seconds = compiled_eval_step(
+      model, batch_size, image_size, dtype, seed
+    )
+  else:
+    raise ValueError(f'Cannot time {kind!r} with config={config!r}.')
   # Logged before running so that a run cut short still says where its time went.
   logging.info(
-    'Compiled the train step at batch %d in %.0f s.',
+    'Compiled the %s step at batch %d in %.0f s.',
+    kind,
     batch_size,
     compile_seconds,
   )
   return time_compiled(
-    'train',
+    kind,
     compiled,
-    train_state,
-    batch,
+    carry,
+    args,
     batch_size=batch_size,
     image_size=image_size,
     compile_seconds=compile_seconds,
@@ -282,6 +323,11 @@ def time_train_step(
     warmup=warmup,
     repeats=repeats,
   )
+
+
+# What users time, by name (time_step's arguments after ``kind``).
+time_train_step = functools.partial(time_step, 'train')
+time_eval_step = functools.partial(time_step, 'eval')
 
 
 def planned_train_step_bytes(
@@ -386,46 +432,6 @@ def device_memory_bytes(device: jax.Device) -> int | None:
   """Bytes the device's allocator may hand out (``bytes_limit``), None where unknown."""
   stats = device.memory_stats() or {}
   return int(stats['bytes_limit']) if 'bytes_limit' in stats else None
-
-
-def time_eval_step(
-  model,
-  *,
-  batch_size: int,
-  image_size: int,
-  dtype: Any = jnp.float32,
-  steps: int = 5,
-  warmup: int = 1,
-  repeats: int = 1,
-  seed: int = 0,
-) -> Timing:
-  """Compiles and times the eval forward; returns the median seconds per batch."""
-  rng = jax.random.PRNGKey(seed)
-  images = jax.random.normal(
-    rng, (batch_size, image_size, image_size, 3), jnp.float32
-  )
-  # Initialised in training mode so that models with state (BatchNorm averages) have it.
-  params, state = jax.jit(model.init, static_argnums=2)(rng, images[:1], True)
-  numerics = train.ws_numerics(model)
-  # Once per evaluation, not timed.
-  params = jax.jit(lambda p: layers.standardize_params(p, numerics))(params)
-  forward = build_eval_step(model, dtype, numerics)
-  start = time.perf_counter()
-  compiled = forward.lower(params, state, images).compile()
-  compile_seconds = time.perf_counter() - start
-  # Thread params through a trivial carry so timed_loop's interface fits.
-  return time_compiled(
-    'eval',
-    lambda carry, p, s, x: (carry, compiled(p, s, x)),
-    None,
-    (params, state, images),
-    batch_size=batch_size,
-    image_size=image_size,
-    compile_seconds=compile_seconds,
-    steps=steps,
-    warmup=warmup,
-    repeats=repeats,
-  )
 
 
 # XLA:GPU's scheduler and rematerialization (recomputing activations, itself a slow pass) aim
@@ -612,6 +618,14 @@ def main(argv):
       names.append(bn_name)
   kwargs = dict(width=FLAGS.width) if FLAGS.width != 1.0 else {}
   train_times = {}
+  # The timed loop and batch, the same for every model and step timed.
+  loop = dict(
+    batch_size=FLAGS.batch_size,
+    dtype=dtype,
+    steps=FLAGS.steps,
+    warmup=FLAGS.warmup,
+    repeats=FLAGS.repeats,
+  )
   for name in names:
     model = nfnets.create_model(name, num_classes=1000, **kwargs)
     train_size = FLAGS.image_size or model.train_imsize
@@ -622,15 +636,7 @@ def main(argv):
       f'{train_size}px'
     )
     if FLAGS.train:
-      timing = time_train_step(
-        model,
-        batch_size=FLAGS.batch_size,
-        image_size=train_size,
-        dtype=dtype,
-        steps=FLAGS.steps,
-        warmup=FLAGS.warmup,
-        repeats=FLAGS.repeats,
-      )
+      timing = time_train_step(model, image_size=train_size, **loop)
       train_times[name] = timing.seconds_per_step
       print(
         name, report(timing, train_flops_per_image(model, train_size), peak)
@@ -642,15 +648,7 @@ def main(argv):
         f'mark): {mem / 2**30:.2f} GiB'
       )
     if FLAGS.eval:
-      timing = time_eval_step(
-        model,
-        batch_size=FLAGS.batch_size,
-        image_size=eval_size,
-        dtype=dtype,
-        steps=FLAGS.steps,
-        warmup=FLAGS.warmup,
-        repeats=FLAGS.repeats,
-      )
+      timing = time_eval_step(model, image_size=eval_size, **loop)
       print(name, report(timing, eval_flops_per_image(model, eval_size), peak))
   if FLAGS.max_batch:
     _report_largest_batch(
