@@ -51,6 +51,10 @@ def doc_commands() -> list[tuple[str, str, list[str]]]:
   commands = []
   for path in DOCS:
     text = path.read_text().replace('\\\n', ' ')
+    # An inline `code span` that the prose wraps over two lines is one command.
+    text = re.sub(
+      r'(?<!`)`(?!`)[^`]+`', lambda m: m.group(0).replace('\n', ' '), text
+    )
     for line in text.splitlines():
       for match in re.finditer(r'python -m ([a-z_][a-z0-9_.]*)([^`]*)', line):
         args = match.group(2).replace('[', ' ').replace(']', ' ').split()
