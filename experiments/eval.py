@@ -12,6 +12,7 @@ trains with EMA (as the paper reports), the raw params with --use_ema=false. Eve
 counts exactly once: the last batch is padded and the padding masked out.
 """
 
+import math
 import sys
 
 from absl import app, flags, logging
@@ -60,11 +61,14 @@ def main(argv):
       config, _WORKDIR.value, split=_SPLIT.value, use_ema=_USE_EMA.value
     )
   logging.info('%s', r)
+  # The first batch (which compiles) is not timed, so one batch gives no rate.
+  rate = r['images_per_sec']
+  speed = f'{rate:.1f} img/s' if math.isfinite(rate) else 'one batch: not timed'
   print(
     f'{config.name or config.model} (step {r["step"]}) on {r["split"]} '
     f'({r["params"]} params, {r["image_size"]} px): top-1 {r["top1"]:.4f}  top-5 '
     f'{r["top5"]:.4f}  loss {r["loss"]:.4f}  {r["count"]} images  '
-    f'{r["images_per_sec"]:.1f} img/s'
+    f'{speed}'
   )
 
 
