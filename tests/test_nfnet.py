@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nfnets
-from nfnets import counting, nfnet
+from nfnets import activations, counting, nf_regnet, nf_resnet, nfnet
 from tests.model_helpers import eval_with_metrics, init_on_noise
 
 # Paper Table 3 / official release: (params, GMACs at test res, GMACs at train res).
@@ -265,3 +265,52 @@ def test_family_default_variant_is_the_constructors():
       NoDefault
     )
   assert 'x_a' not in nfnets.list_models()
+
+
+@pytest.mark.parametrize(
+  'cls,variant,table_drop,activation',
+  [
+    (nfnet.NFNet, 'F1', 0.3, 'gelu'),
+    (nf_regnet.NFRegNet, 'B2', 0.3, 'silu'),
+    (nf_resnet.NFResNet, 'ResNet26', 0.0, 'relu'),  # its table has no dropout
+  ],
+)
+def test_nf_families_share_their_options(cls, variant, table_drop, activation):
+  # Every NF family takes alpha, stochastic depth, dropout, activation and the
+  # classifier init through nf_network.NFNetwork, with its own defaults.
+  def options(**kwargs):
+    net = cls(10, variant, **kwargs)
+    return net.drop_rate, net.alpha, net.stochdepth_rate, net.activation
+
+  run = lambda **kw: hk.transform(lambda: options(**kw)).apply({}, None)
+  drop, alpha, stochdepth, act = run()
+  assert (drop, alpha, stochdepth) == (table_drop, 0.2, 0.1)
+  x = jnp.linspace(-3.0, 3.0, 13)
+  np.testing.assert_array_equal(
+    act(x), activations.get_activation(activation)(x)
+  )
+  assert run(drop_rate=0.0, alpha=0.3)[:2] == (0.0, 0.3)
+  with pytest.raises(ValueError, match=r'drop_rate must be in \[0, 1\)'):
+    run(drop_rate=1.0)
+  with pytest.raises(TypeError, match='alhpa'):
+    run(alhpa=0.3)
+
+
+def test_nf_families_official_classifier_init():
+  # NF-RegNet's classifier starts at zero (official); NFNet's and NF-ResNet's
+  # are normal with std 0.01.
+  for name, kwargs, zero in (
+    ('nf_regnet_b0', {}, True),
+    ('nfnet_f0', dict(width=0.125), False),
+    ('nf_resnet_26', dict(width=1), False),
+  ):
+    model = nfnets.create_model(name, num_classes=1000, **kwargs)
+    params, _ = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    # The network's own classifier, NFNet/~/linear (not a squeeze-excite's).
+    (w,) = [
+      v['w'] for k, v in params.items() if k.split('/~/')[1:] == ['linear']
+    ]
+    if zero:
+      assert not np.any(w)
+    else:
+      assert 0.009 < float(np.std(w)) < 0.011, name
