@@ -13,16 +13,17 @@ from typing import Any
 import haiku as hk
 import jax
 
-from nfnets import activations, layers, variants
+from nfnets import activations, layers, registry, variants
 
 
 class NFNetwork(hk.Module):
   """Base of the NF families' networks; subclasses build their stem and blocks.
 
-  A subclass names its ``variant_table`` and ``family`` (for error messages), its
-  official ``default_activation`` and ``default_fc_init`` and its ``total_stride``. Its
-  constructor calls this one first, then builds its stem, :meth:`build_stages` and final
-  layers, and ends with :meth:`init_fc`; it says how its stem and final layers run
+  A subclass is registered with :func:`register`, which gives it its ``family`` (for
+  error messages) and ``variant_table``; it names its official ``default_activation``
+  (and ``default_fc_init`` where that is not the normal(0.01) of NFNet and NF-ResNet).
+  Its constructor calls this one first, then builds its stem, :meth:`build_stages` and
+  final layers, and ends with :meth:`init_fc`; it says how its stem and final layers run
   (:meth:`stem_features`, :meth:`final_features`) and count (:meth:`stem_macs`,
   :meth:`final_macs`).
   """
@@ -30,8 +31,11 @@ class NFNetwork(hk.Module):
   variant_table: Mapping[str, Mapping[str, Any]]
   family: str
   default_activation: str
-  default_fc_init: hk.initializers.Initializer
-  total_stride: int
+  default_fc_init: hk.initializers.Initializer = hk.initializers.RandomNormal(
+    stddev=0.01
+  )
+  # Every NF family's stem and stages halve the resolution five times.
+  total_stride: int = 32
   blocks: list[hk.Module]
 
   def __init__(
@@ -158,3 +162,22 @@ class NFNetwork(hk.Module):
       macs += block.count_macs(h, w)
       h, w = h / block.stride, w / block.stride
     return macs + self.final_macs(h, w)
+
+
+def register(
+  label: str,
+  variant_table: Mapping[str, Mapping[str, Any]],
+  models: Mapping[str, Mapping[str, Any]],
+  imsize: int | None = None,
+) -> Callable[[type[NFNetwork]], type[NFNetwork]]:
+  """Class decorator: :func:`registry.register_family` for an NF family.
+
+  It also gives the class its ``family`` label and ``variant_table``, which the
+  constructor looks variants up in, so the two are stated once.
+  """
+
+  def decorator(cls: type[NFNetwork]) -> type[NFNetwork]:
+    cls.family, cls.variant_table = label, variant_table
+    return registry.register_family(label, variant_table, models, imsize)(cls)
+
+  return decorator

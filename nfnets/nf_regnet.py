@@ -10,11 +10,10 @@ release's ``nf_regnet_params``; module names follow its ``nf_regnet.py`` (``NF_R
 import haiku as hk
 import jax
 
-from nfnets import layers, nf_network, registry, variants
+from nfnets import layers, nf_network, variants
 
 # The one table of B0-B8 (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.NF_REGNET
-TOTAL_STRIDE = 32  # stem (2) x four stride-2 stages
 
 
 class NFBlock(layers.ResidualBlock):
@@ -85,13 +84,10 @@ class NFBlock(layers.ResidualBlock):
 MODELS = {f'nf_regnet_{v.lower()}': dict(variant=v) for v in VARIANTS}
 
 
-@registry.register_family('NF-RegNet', VARIANTS, MODELS)
+@nf_network.register('NF-RegNet', VARIANTS, MODELS)
 class NFRegNet(nf_network.NFNetwork):
   """NF-RegNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
-  total_stride = TOTAL_STRIDE
-  variant_table = VARIANTS
-  family = 'NF-RegNet'
   default_activation = 'silu'
   default_fc_init = hk.initializers.Constant(0.0)  # official: zero classifier
 

@@ -12,12 +12,11 @@ Module and parameter names equal the official release's (``NF_ResNet/~/initial_c
 import haiku as hk
 import jax
 
-from nfnets import layers, nf_network, registry, variants
+from nfnets import layers, nf_network, variants
 
 # The one table of ResNet layouts (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.RESNET
 _STRIDES = (1, 2, 2, 2)
-TOTAL_STRIDE = 32  # 7x7 conv (2) x max pool (2) x stages (1 * 2 * 2 * 2)
 
 
 class NFResBlock(layers.ResidualBlock):
@@ -98,15 +97,11 @@ MODELS = {
 IMSIZE = variants.RESNET_IMSIZE  # the paper's train and test resolution
 
 
-@registry.register_family('NF-ResNet', VARIANTS, MODELS, imsize=IMSIZE)
+@nf_network.register('NF-ResNet', VARIANTS, MODELS, imsize=IMSIZE)
 class NFResNet(nf_network.NFNetwork):
   """NF-ResNet. ``__call__(x, is_training)`` returns a dict with 'logits' and 'pool'."""
 
-  total_stride = TOTAL_STRIDE
-  variant_table = VARIANTS
-  family = 'NF-ResNet'
   default_activation = 'relu'
-  default_fc_init = hk.initializers.RandomNormal(stddev=0.01)
 
   def __init__(
     self,

@@ -15,7 +15,6 @@ from nfnets import layers, nf_network, registry, variants
 # The one table of F0-F7 and F0+-F7+ (see nfnets/variants.py), under the family's name.
 VARIANTS = variants.NFNET
 _STRIDES = (1, 2, 2, 2)
-TOTAL_STRIDE = 32  # stem (4) x stages (1 * 2 * 2 * 2)
 
 
 class WSConvCalls:
@@ -153,16 +152,12 @@ MODELS = {
 }
 
 
-@registry.register_family('NFNet', VARIANTS, MODELS)
+@nf_network.register('NFNet', VARIANTS, MODELS)
 class NFNet(WSConvCalls, nf_network.NFNetwork):
   """Normalizer-Free Network. ``__call__(x, is_training)`` returns a dict with 'logits'."""
 
   block_type = NFBlock
-  total_stride = TOTAL_STRIDE
-  variant_table = VARIANTS
-  family = 'NFNet'
   default_activation = 'gelu'
-  default_fc_init = hk.initializers.RandomNormal(stddev=0.01)
 
   def __init__(
     self,

@@ -11,7 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnets import cpu_conv, nfnet, registry, variants
+from nfnets import cpu_conv, nf_network, nfnet, registry, variants
 from nfnets.baseline_layers import batch_norm, conv_macs
 
 
@@ -102,7 +102,7 @@ MODELS = {
 }
 
 
-@registry.register_family('NFNet', variants.NFNET, MODELS)
+@nf_network.register('NFNet', variants.NFNET, MODELS)
 class NFNetBN(BNConvCalls, nfnet.NFNet):
   """NFNet-F* with BatchNorm in place of weight standardization (same widths and depths)."""
 
