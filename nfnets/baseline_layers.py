@@ -75,17 +75,6 @@ def bottleneck_macs(
   return macs + conv_macs(width, out_ch, 1, 1, h / stride, w / stride)
 
 
-def check_common(
-  variant: str, num_classes: int, drop_rate: float
-) -> tuple[int, ...]:
-  """Validates the arguments every ResNet-layout baseline takes; returns its depths."""
-  depths = variants.lookup(variants.RESNET, variant, 'ResNet')['depth']
-  layers.check_num_classes(num_classes)
-  if not 0.0 <= drop_rate < 1.0:
-    raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
-  return depths
-
-
 def build_stages(
   depths: Sequence[int],
   width: float,
@@ -129,37 +118,53 @@ def stem_pool(x: jax.Array) -> jax.Array:
 
 
 class ResNetBase(hk.Module):
-  """Shared stem/head bookkeeping and MAC counting of the ResNet-layout baselines."""
+  """Stem, classifier and MAC counting of the ResNet-layout baselines.
+
+  Takes the options every baseline has, the way :class:`nf_network.NFNetwork` does for
+  the NF families: a family's constructor takes its own and passes these on. It builds
+  the 7x7 stem convolution and the classifier, in that order; the subclass then builds
+  its blocks into ``self.blocks`` (:func:`build_stages` with ``self.depths``).
+  """
 
   blocks: list
-  num_classes: int
 
-  # Transparent: the stem and classifier are named as if built in __init__
-  # ('ResNet/~/initial_conv'), the official checkpoints' names.
-  @hk.transparent
-  def init_stem(
+  def __init__(
     self,
-    variant: str,
     num_classes: int,
-    drop_rate: float,
-    width: float,
-    activation: str,
-    fc_init: hk.initializers.Initializer | None,
-  ) -> tuple[int, ...]:
-    """Checks the shared arguments; builds the 7x7 stem and classifier; returns depths."""
-    depths = check_common(variant, num_classes, drop_rate)
-    self.num_classes, self.drop_rate = num_classes, drop_rate
-    # Plain (not gamma-scaled) nonlinearity: these networks do not rely on gamma.
+    variant: str,
+    width: float = 4,
+    drop_rate: float = 0.0,
+    activation: str = 'relu',
+    fc_init: hk.initializers.Initializer | None = None,
+    name: str | None = None,
+  ):
+    """Checks and keeps the options every ResNet-layout baseline takes.
+
+    Args:
+      num_classes: classifier outputs.
+      variant: a ResNet depth from the table in nfnets/variants.py ('ResNet50').
+      width: channel multiplier of the official ``16 * width`` stem and stage widths.
+      drop_rate: dropout before the classifier.
+      activation: a name from ``activations.RAW_ACTIVATIONS``; plain, not
+        gamma-scaled, as these networks do not rely on gamma.
+      fc_init: the classifier's initializer; None is the official zero init.
+      name: the module name.
+    """
+    super().__init__(name=name)
+    self.depths = variants.lookup(variants.RESNET, variant, 'ResNet')['depth']
+    layers.check_num_classes(num_classes)
+    if not 0.0 <= drop_rate < 1.0:
+      raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
     if activation not in activations.RAW_ACTIVATIONS:
       raise ValueError(
         f'Unknown activation {activation!r}; accepted: '
         f'{sorted(activations.RAW_ACTIVATIONS)}.'
       )
+    self.num_classes, self.drop_rate, self.width = num_classes, drop_rate, width
     self.activation = activations.RAW_ACTIVATIONS[activation]
     self.stem_ch = int(16 * width)
     self.initial_conv = he_conv(self.stem_ch, 7, 2, name='initial_conv')
     self.fc = layers.Linear(num_classes, w_init=fc_init or jnp.zeros)
-    return depths
 
   def count_macs(self, h: float, w: float) -> float:
     """Multiply-adds of one image at ``h x w`` (official per-conv rule)."""
@@ -203,29 +208,27 @@ class InitScaledResNet(ResNetBase):
     self,
     num_classes: int,
     variant: str = 'ResNet50',
-    width: float = 4,
     stochdepth_rate: float = 0.1,
-    drop_rate: float = 0.0,
-    activation: str = 'relu',
-    fc_init: hk.initializers.Initializer | None = None,
     name: str | None = None,
+    **kwargs,
   ):
-    super().__init__(name=name or self.default_name)
-    depths = self.init_stem(
-      variant, num_classes, drop_rate, width, activation, fc_init
+    """``kwargs`` are :class:`ResNetBase`'s (width, drop_rate, activation, fc_init)."""
+    super().__init__(
+      num_classes, variant, name=name or self.default_name, **kwargs
     )
+    num_blocks = sum(self.depths)
     self.blocks = build_stages(
-      depths,
-      width,
+      self.depths,
+      self.width,
       self.stem_ch,
       lambda in_ch, out_ch, stride, index: self.block_cls(
         in_ch,
         out_ch,
         stride=stride,
         activation=self.activation,
-        stochdepth_rate=stochdepth_rate * index / sum(depths),
+        stochdepth_rate=stochdepth_rate * index / num_blocks,
         name=self.block_name,
-        **self.block_kwargs(sum(depths)),
+        **self.block_kwargs(num_blocks),
       ),
     )
 

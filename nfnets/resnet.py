@@ -9,7 +9,6 @@ BatchNorm statistics live in Haiku state: ``Model.apply`` returns the updated st
 mode and leaves it untouched in evaluation mode.
 """
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 
@@ -95,28 +94,23 @@ class ResNet(ResNetBase):
     self,
     num_classes: int,
     variant: str = 'ResNet50',
-    width: float = 4,
     norm: str = 'batchnorm',
     preactivation: bool = True,
-    activation: str = 'relu',
-    drop_rate: float = 0.0,
     use_se: bool = False,
     se_ratio: float = 0.25,
-    fc_init: hk.initializers.Initializer | None = None,
     name: str = 'ResNet',
+    **kwargs,
   ):
-    super().__init__(name=name)
+    """``kwargs`` are :class:`ResNetBase`'s (width, drop_rate, activation, fc_init)."""
     if norm not in NORMS:
       raise ValueError(f'Unknown norm {norm!r}; accepted: {NORMS}.')
-    depths = self.init_stem(
-      variant, num_classes, drop_rate, width, activation, fc_init
-    )
+    super().__init__(num_classes, variant, name=name, **kwargs)
     self.norm, self.preactivation = norm, preactivation
     if not preactivation and norm == 'batchnorm':
       self.initial_bn = batch_norm('initial_bn')
     self.blocks = baseline_layers.build_stages(
-      depths,
-      width,
+      self.depths,
+      self.width,
       self.stem_ch,
       lambda in_ch, out_ch, stride, index: ResBlock(
         in_ch,
