@@ -170,22 +170,13 @@ def timed_loop(
 
 
 def time_compiled(
-  kind: str,
-  fn: Callable,
-  carry: Any,
-  args: tuple,
-  *,
-  batch_size: int,
-  image_size: int,
-  compile_seconds: float,
-  steps: int,
-  warmup: int,
-  repeats: int,
-) -> Timing:
-  """``warmup`` untimed calls, then the median per-call time of ``repeats`` loops.
+  fn: Callable, carry: Any, args: tuple, steps: int, warmup: int, repeats: int
+) -> tuple[list[float], list[float]]:
+  """``warmup`` untimed calls, then ``repeats`` timed loops of ``steps`` calls.
 
   ``fn`` as :func:`timed_loop` runs it; the carry (the train state) is threaded through
-  the warm-up and every loop, as training threads it.
+  the warm-up and every loop, as training threads it. Returns the wall and the CPU
+  seconds per call of each loop.
   """
   for _ in range(warmup):
     carry, _, _ = timed_loop(fn, carry, args, 1)
@@ -195,15 +186,7 @@ def time_compiled(
     carry, seconds, cpu = timed_loop(fn, carry, args, steps)
     times.append(seconds / steps)
     cpu_times.append(cpu / steps)
-  return Timing(
-    kind,
-    batch_size,
-    image_size,
-    float(np.median(times)),
-    compile_seconds,
-    times,
-    float(np.median(cpu_times)),
-  )
+  return times, cpu_times
 
 
 def compiled_train_step(
@@ -311,17 +294,17 @@ def time_step(
     batch_size,
     compile_seconds,
   )
-  return time_compiled(
+  times, cpu_times = time_compiled(
+    compiled, carry, args, steps, warmup, repeats
+  )
+  return Timing(
     kind,
-    compiled,
-    carry,
-    args,
-    batch_size=batch_size,
-    image_size=image_size,
-    compile_seconds=compile_seconds,
-    steps=steps,
-    warmup=warmup,
-    repeats=repeats,
+    batch_size,
+    image_size,
+    float(np.median(times)),
+    compile_seconds,
+    times,
+    float(np.median(cpu_times)),
   )
 
 
@@ -619,13 +602,8 @@ def main(argv):
   kwargs = dict(width=FLAGS.width) if FLAGS.width != 1.0 else {}
   train_times = {}
   # The timed loop and batch, the same for every model and step timed.
-  loop = dict(
-    batch_size=FLAGS.batch_size,
-    dtype=dtype,
-    steps=FLAGS.steps,
-    warmup=FLAGS.warmup,
-    repeats=FLAGS.repeats,
-  )
+  timed = dict(steps=FLAGS.steps, warmup=FLAGS.warmup, repeats=FLAGS.repeats)
+  loop = dict(batch_size=FLAGS.batch_size, dtype=dtype, **timed)
   for name in names:
     model = nfnets.create_model(name, num_classes=1000, **kwargs)
     train_size = FLAGS.image_size or model.train_imsize
@@ -656,6 +634,7 @@ def main(argv):
       device,
       dtype,
       peak,
+      timed,
     )
   if len(train_times) == 2:
     ws, bn = (train_times[n] for n in names)
@@ -666,9 +645,12 @@ def main(argv):
 
 
 def _report_largest_batch(
-  model, device: jax.Device, dtype: Any, peak: float | None
+  model, device: jax.Device, dtype: Any, peak: float | None, timed: dict
 ) -> None:
-  """Prints the memory fit and the train-step timing at the largest batch that fits."""
+  """Prints the memory fit and the train-step timing at the largest batch that fits.
+
+  ``timed`` holds the timed loop's steps, warm-up and repeats.
+  """
   memory = (
     FLAGS.memory_gib * 2**30
     if FLAGS.memory_gib
@@ -686,9 +668,7 @@ def _report_largest_batch(
     dtype=dtype,
     memory_bytes=memory,
     plan_fraction=FLAGS.plan_fraction,
-    steps=FLAGS.steps,
-    warmup=FLAGS.warmup,
-    repeats=FLAGS.repeats,
+    **timed,
   )
   # The batch that ran can be below the plan's if the plan's batch ran out of memory.
   print(
