@@ -15,6 +15,7 @@ counts exactly once: the last batch is padded and the padding masked out.
 import math
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 
 from experiments import config_lib, evaluate, run_info, train
@@ -40,6 +41,32 @@ _USE_EMA = flags.DEFINE_bool(
 )
 
 
+def warn_if_data_differs(
+  config: ml_collections.ConfigDict, workdir: str
+) -> None:
+  """Warns where ``--config`` reads other data than the run it evaluates.
+
+  An explicit ``--config=NAME`` replaces the run's recorded config, overrides
+  included, so a run trained with ``--config.data_dir=D`` is evaluated on the
+  config's default data dir unless D is passed again.
+  """
+  recorded = (run_info.read(workdir) or {}).get('config')
+  if not recorded:
+    return
+  for field in ('dataset', 'data_dir', 'model'):
+    if field in recorded and recorded[field] != config.get(field):
+      logging.warning(
+        'The run in %s was trained with %s=%r; --config gives %r. Evaluate '
+        'with --workdir alone to use the recorded config, or pass '
+        '--config.%s.',
+        workdir,
+        field,
+        recorded[field],
+        config.get(field),
+        field,
+      )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
@@ -53,6 +80,8 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     config = run_info.read_config(_WORKDIR.value)
+  elif _WORKDIR.value and not _WEIGHTS.value:
+    warn_if_data_differs(config, _WORKDIR.value)
   train.configure_runtime()
   if _WEIGHTS.value:
     r = evaluate.evaluate_weights(config, _WEIGHTS.value, split=_SPLIT.value)

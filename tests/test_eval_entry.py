@@ -169,3 +169,23 @@ def test_command_line_module(run, tmp_path):
   match = _LINE.search(out.stdout)
   assert match, out.stdout
   assert match['split'] == 'valid' and match['count'] == '1000'
+
+
+def test_explicit_config_that_reads_other_data_is_warned_about(run, caplog):
+  # README: a run trained with --config.data_dir=D, evaluated with --config=NAME
+  # alone, would read NAME's default data dir; the recorded config has D.
+  config_path, workdir, _ = run
+  del config_path
+  recorded = eval_entry.run_info.read_config(workdir)
+  with caplog.at_level('WARNING'):
+    eval_entry.warn_if_data_differs(recorded, workdir)
+  assert not caplog.records
+  other = recorded.copy_and_resolve_references()
+  other.data_dir = '/elsewhere/tfds'
+  with caplog.at_level('WARNING'):
+    eval_entry.warn_if_data_differs(other, workdir)
+  (record,) = caplog.records
+  assert (
+    "data_dir=None; --config gives '/elsewhere/tfds'" in record.getMessage()
+  )
+  assert 'Evaluate with --workdir alone' in record.getMessage()
