@@ -77,7 +77,8 @@ SOURCES = {
 }
 
 
-def _source(dataset: str) -> Source:
+def get_source(dataset: str) -> Source:
+  """The source of ``dataset``: a name in ``SOURCES``, 'tfds:NAME' or 'folder:ROOT'."""
   if dataset.startswith(tfds_source.PREFIX):
     return tfds_source.make_source(dataset[len(tfds_source.PREFIX) :])
   if dataset.startswith(folder.PREFIX):
@@ -103,7 +104,7 @@ def _builder(source: Source, data_dir: str | None):
 
 def num_classes(dataset: str, data_dir: str | None = None) -> int:
   """Classes of a dataset: fixed for the built-in ones, else from its metadata."""
-  source = _source(dataset)
+  source = get_source(dataset)
   if source.num_classes is not None:
     return source.num_classes
   return len(class_names(dataset, data_dir))
@@ -111,7 +112,7 @@ def num_classes(dataset: str, data_dir: str | None = None) -> int:
 
 def class_names(dataset: str, data_dir: str | None = None) -> list[str]:
   """Class names from the prepared dataset's label feature (index = label)."""
-  source = _source(dataset)
+  source = get_source(dataset)
   if dataset == embedded_mnist.NAME:
     return [str(i) for i in range(embedded_mnist.NUM_CLASSES)]
   builder = _builder(source, data_dir)
@@ -120,13 +121,13 @@ def class_names(dataset: str, data_dir: str | None = None) -> list[str]:
 
 def default_eval_preproc(dataset: str) -> str:
   """The eval preprocessing `build_input` uses for `dataset` when none is given."""
-  return _source(dataset).default_eval_preproc
+  return get_source(dataset).default_eval_preproc
 
 
 def num_examples(dataset: str, split: str, data_dir: str | None = None) -> int:
   """Examples in a split over all processes, from the prepared dataset's metadata."""
   _check_split(dataset, split)
-  source = _source(dataset)
+  source = get_source(dataset)
   _, start, end = source.split_range(_builder(source, data_dir), split)
   return end - start
 
@@ -200,7 +201,7 @@ def parse_augment(augment: str | None) -> AugmentSpec:
   return AugmentSpec(ra, mixup, cutmix, alpha)
 
 
-def _read_shard(
+def read_shard(
   source: Source,
   split: str,
   data_dir: str | None,
@@ -319,7 +320,7 @@ def build_input(
   With MixUp/CutMix each output example mixes two stream examples, so a train step consumes
   2 x prod(batch_dims) examples (as in the official code).
   """
-  source = _source(dataset)
+  source = get_source(dataset)
   _check_split(dataset, split)
   batch_dims = [int(d) for d in batch_dims]
   if not batch_dims or any(d < 1 for d in batch_dims):
@@ -354,7 +355,7 @@ def build_input(
         f'MixUp + CutMix splits the batch in halves: prod(batch_dims) must be '
         f'even, got {local_batch}.'
       )
-    raw, n_local, _ = _read_shard(
+    raw, n_local, _ = read_shard(
       source, split, data_dir, process_index, process_count
     )
     ds = _train_stream(
@@ -378,7 +379,7 @@ def build_input(
       )
     eval_preproc = eval_preproc or source.default_eval_preproc
     preprocess.check_eval_preproc(eval_preproc)
-    raw, _, max_shard = _read_shard(
+    raw, _, max_shard = read_shard(
       source, split, data_dir, process_index, process_count
     )
     ds = _eval_stream(

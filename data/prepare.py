@@ -126,10 +126,21 @@ def prepare_imagenet(
 def prepare_tfds(
   name: str, data_dir: str, clean_incomplete: bool = False
 ) -> tfds.core.DatasetBuilder:
+  """Downloads and prepares TFDS dataset ``name`` under data_dir, once."""
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    check_not_interrupted(builder, clean_incomplete)
+  if builder.is_prepared():
+    return builder
+  check_not_interrupted(builder, clean_incomplete)
+  logging.info('Downloading and preparing %s under %s.', name, data_dir)
+  try:
     builder.download_and_prepare()
+  except OSError as error:  # requests' ConnectionError is an OSError
+    raise ConnectionError(
+      f'Downloading {name} failed: {error}\nTFDS downloads this dataset from '
+      'its publisher, so this needs internet access. On an offline machine, '
+      f'prepare it where there is a network and copy {name}/ into '
+      f'{data_dir}, or give your images as folder:ROOT.'
+    ) from error
   return builder
 
 
@@ -154,7 +165,7 @@ def prepare(
       f'Unknown dataset {dataset!r}; accepted: imagenet2012, embedded_mnist, '
       'tfds:NAME, folder:ROOT.'
     )
-  source = pipeline._source(dataset)
+  source = pipeline.get_source(dataset)
   builder = source.get_builder(data_dir)
   sizes = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
   logging.info(

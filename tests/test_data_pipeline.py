@@ -118,7 +118,7 @@ def test_mock_imagenet_eval_shards_cover_each_example_once(
 def test_mock_imagenet_train_epoch_covers_shards(mock_imagenet, process_count):
   seen = []
   for p in range(process_count):
-    raw, n_local, _ = pipeline._read_shard(
+    raw, n_local, _ = pipeline.read_shard(
       pipeline.SOURCES['imagenet2012'],
       'train_minus_valid',
       None,
