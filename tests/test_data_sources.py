@@ -12,6 +12,7 @@ import tarfile
 import numpy as np
 import PIL.Image
 import pytest
+import requests
 import tensorflow_datasets as tfds
 
 from data import folder, imagenet, pipeline, prepare, sources, tfds_source
@@ -233,6 +234,21 @@ def test_tfds_dataset_not_prepared_says_how(tmp_path):
   assert f'--dataset=tfds:cifar10 --data_dir={tmp_path}' in msg
   with pytest.raises(ValueError, match='no such TFDS dataset'):
     pipeline.num_classes('tfds:no_such_dataset_xyz', str(tmp_path))
+
+
+def test_tfds_download_without_network_says_what_to_do(tmp_path, monkeypatch):
+  # Offline, TFDS's downloader raises requests' ConnectionError (an OSError)
+  # from deep inside download_and_prepare.
+  def offline(self, *args, **kwargs):
+    raise requests.exceptions.ConnectionError('Name or service not known')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', offline)
+  with pytest.raises(ConnectionError) as err:
+    prepare.prepare('tfds:cifar10', str(tmp_path))
+  msg = str(err.value)
+  assert 'Downloading cifar10 failed: Name or service not known' in msg
+  assert f'copy cifar10/ into {tmp_path}' in msg
+  assert 'folder:ROOT' in msg
 
 
 # ---------------------------------------------------------------- folder:ROOT
