@@ -7,10 +7,11 @@ config_flags, so their syntax and type checks are the standard ones.
 
 import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import ml_collections
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from nfnets import registry, variants
@@ -67,6 +68,16 @@ def resolve_argv(argv: Sequence[str], flag: str = 'config') -> list[str]:
     elif arg == f'--{flag}' and i + 1 < len(out):
       out[i + 1] = resolve(out[i + 1])
   return out
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """``app.run(main)`` for an entry point with a ``--config`` flag.
+
+  ``--config=NAME`` is rewritten to the config file it names before absl parses
+  the flags, since the config flag itself takes a file.
+  """
+  sys.argv = resolve_argv(sys.argv)
+  app.run(main)
 
 
 def _flatten_keys(config, prefix: str = '') -> list[str]:

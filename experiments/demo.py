@@ -63,5 +63,4 @@ if __name__ == '__main__':
     a == '--config' or a.startswith('--config=') for a in sys.argv[1:]
   ):
     sys.argv = sys.argv[:1] + ['--config=demo'] + sys.argv[1:]
-  sys.argv = config_lib.resolve_argv(sys.argv)
-  app.run(main)
+  config_lib.run(main)

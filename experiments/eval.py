@@ -13,7 +13,6 @@ counts exactly once: the last batch is padded and the padding masked out.
 """
 
 import math
-import sys
 
 import ml_collections
 from absl import app, flags, logging
@@ -101,10 +100,5 @@ def main(argv):
   )
 
 
-def run() -> None:
-  sys.argv = config_lib.resolve_argv(sys.argv)
-  app.run(main)
-
-
 if __name__ == '__main__':
-  run()
+  config_lib.run(main)

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -948,11 +947,5 @@ def main(argv):
     )
 
 
-def run() -> None:
-  """Entry point: resolves `--config=NAME` before absl parses flags."""
-  sys.argv = config_lib.resolve_argv(sys.argv)
-  app.run(main)
-
-
 if __name__ == '__main__':
-  run()
+  config_lib.run(main)
