@@ -187,6 +187,15 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
     config.dataset, config.train_split, config.data_dir
   )
   steps_per_epoch = num_train / config.train_batch_size
+  if num_train < config.train_batch_size:
+    logging.warning(
+      '%s/%s has %d examples, fewer than one batch of %d: every batch repeats '
+      'examples. Lower config.train_batch_size for a dataset this small.',
+      config.dataset,
+      config.train_split,
+      num_train,
+      config.train_batch_size,
+    )
   total_steps = config.num_train_steps or int(
     math.ceil(config.num_epochs * steps_per_epoch)
   )
@@ -830,7 +839,7 @@ def train_and_evaluate(
   setup = build_setup(config)
   logging.info('Config:\n%s', config)
   logging.info(
-    '%s: %d steps (%.1f epochs of %.0f steps), warmup %d, %d devices on %d '
+    '%s: %d steps (%.1f epochs of %.4g steps), warmup %d, %d devices on %d '
     'process(es), per-device batch %d, %d px train / %d px eval.',
     config.model,
     setup.total_steps,

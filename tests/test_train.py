@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from data import pipeline
 from experiments import checkpointing, train
 from tests import test_train_fixtures as fx
 
@@ -176,3 +177,21 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
   assert result['stopped_early'] and result['eval'] is None
   assert int(result['state'].step) == 3
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+
+
+def test_dataset_smaller_than_one_batch_is_warned_about(caplog):
+  # A batch larger than the split: every batch repeats examples.
+  n = pipeline.num_examples('embedded_mnist', 'train', None)
+  with caplog.at_level('WARNING'):
+    setup = train.build_setup(fx.tiny_config(train_batch_size=n + 1))
+  assert setup.steps_per_epoch == n / (n + 1)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(
+    f'embedded_mnist/train has {n} examples, fewer than one batch of {n + 1}'
+    in m
+    for m in messages
+  ), messages
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    train.build_setup(fx.tiny_config(train_batch_size=n))
+  assert not [r for r in caplog.records if 'fewer than one' in r.getMessage()]
